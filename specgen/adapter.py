@@ -1,0 +1,129 @@
+"""The one place that touches transformers internals: attention plug-in, forward, KV cache, early exit.
+
+Nothing here forks modeling code. Tree attention enters through transformers' AttentionInterface
+(`specgen.kernels.hf_attention`), the KV cache is HF's DynamicCache whose per-layer tensors we
+compact after acceptance, and the self-draft reuses the target's modules with fewer layers.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .kernels.hf_attention import TreeAttentionContext, register as register_tree_attention
+
+
+def use_tree_attention(model: Any) -> None:
+    """Route the model's attention through specgen's tree attention (idempotent)."""
+    name = register_tree_attention()
+    if getattr(model.config, "_attn_implementation", None) != name:
+        model.set_attn_implementation(name)
+
+
+def new_cache(model: Any) -> Any:
+    """An empty HF DynamicCache for `model`."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def cache_length(cache: Any) -> int:
+    return int(cache.get_seq_length())
+
+
+@dataclass
+class ForwardOutput:
+    """Per fed token: logits, the requested hidden states and, when asked, grounding mass."""
+
+    logits: torch.Tensor  # [n, V] fp32
+    hidden: torch.Tensor | None  # [n, H] at the requested layer
+    grounding: dict[int, torch.Tensor]  # layer -> [Hq, n] attention mass on the grounding span
+
+
+@torch.inference_mode()
+def tree_forward(model: Any, tokens: torch.Tensor, positions: torch.Tensor, cache: Any,
+                 tree_mask: torch.Tensor, *, hidden_layer: int | None = None,
+                 logits_for: torch.Tensor | None = None, grounding_end: int | None = None,
+                 grounding_start: int = 0, grounding_layers: tuple[int, ...] | None = None) -> ForwardOutput:
+    """One target forward over `tokens` [n] at `positions` [n] on top of `cache`, with `tree_mask` [n, n].
+
+    `logits_for` [m] selects the fed positions whose logits are computed (all when None): a prefill
+    needs only the last. The cache grows by n entries; the caller commits or crops them.
+    """
+    n = int(tokens.shape[0])
+    assert positions.shape == (n,) and tree_mask.shape == (n, n), "tokens, positions, mask disagree"
+    prefix_len = cache_length(cache)
+    ctx = TreeAttentionContext(tree_mask=tree_mask, prefix_len=prefix_len, grounding_end=grounding_end,
+                               grounding_start=grounding_start, grounding_layers=grounding_layers)
+    want_all = hidden_layer is not None and hidden_layer >= 0
+    out = model.get_decoder()(input_ids=tokens.view(1, n), position_ids=positions.view(1, n),
+                              past_key_values=cache, use_cache=True, output_hidden_states=want_all,
+                              specgen_tree=ctx)
+    final = out.last_hidden_state[0]  # [n, H]
+    picked = final if logits_for is None else final[logits_for]  # [m, H]
+    logits = model.get_output_embeddings()(picked).float()  # [m, V]
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    hidden = None
+    if hidden_layer is not None:
+        hidden = final if hidden_layer < 0 else out.hidden_states[hidden_layer + 1][0]  # [n, H]
+    grounding = {layer: g[0] for layer, g in ctx.grounding.items()}  # layer -> [Hq, n]
+    return ForwardOutput(logits, hidden, grounding)
+
+
+@torch.inference_mode()
+def commit_cache(cache: Any, n_kv: int, path: list[int] | tuple[int, ...]) -> None:
+    """Keep the KV entries of the accepted tree nodes `path` (indices among the fed nodes) after `n_kv`.
+
+    The fed nodes sit at cache positions n_kv + i. A chain prefix is a crop; otherwise the accepted
+    entries are moved down in place before cropping.
+    """
+    keep = len(path)
+    contiguous = list(path) == list(range(keep))
+    for layer in cache.layers:
+        assert type(layer).__name__ == "DynamicLayer", f"unsupported cache layer {type(layer).__name__}"
+        if not contiguous:
+            src = torch.tensor(path, dtype=torch.long, device=layer.keys.device) + n_kv  # [keep]
+            layer.keys[..., n_kv:n_kv + keep, :] = layer.keys[..., src, :]
+            layer.values[..., n_kv:n_kv + keep, :] = layer.values[..., src, :]
+        layer.keys = layer.keys[..., : n_kv + keep, :]  # [B, Hkv, n_kv + keep, D]
+        layer.values = layer.values[..., : n_kv + keep, :]
+
+
+def crop_cache(cache: Any, length: int) -> None:
+    """Drop cache entries beyond `length`."""
+    excess = cache_length(cache) - length
+    if excess > 0:
+        cache.crop(-excess)  # transformers 5: a negative count of entries to remove
+
+
+def early_exit_view(model: Any, n_layers: int) -> Any:
+    """A model object sharing the target's weights that runs only its first `n_layers` layers.
+
+    The decoder iterates `layers[: config.num_hidden_layers]`, so a shallow copy with its own config
+    is enough; module dicts are copied so the target itself is untouched.
+    """
+    total = model.config.num_hidden_layers
+    if not 1 <= n_layers < total:
+        from .errors import SpecgenError
+
+        raise SpecgenError(f"--draft-layers must be between 1 and {total - 1} for this model, got {n_layers}")
+    cfg = copy.deepcopy(model.config)
+    cfg.num_hidden_layers = n_layers
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:n_layers]
+    view = copy.copy(model)
+    view.__dict__ = dict(model.__dict__)
+    view._modules = dict(model._modules)
+    decoder = copy.copy(model.get_decoder())
+    decoder.__dict__ = dict(decoder.__dict__)
+    decoder._modules = dict(decoder._modules)
+    decoder.config = cfg
+    view.config = cfg
+    for key, mod in view._modules.items():
+        if mod is model.get_decoder():
+            view._modules[key] = decoder
+    return view

@@ -1,0 +1,105 @@
+"""Frozen dataclass configs for generation and for every method.
+
+Each "our reading" choice of DESIGN.md is a named field here with its documented default, so it can
+be changed when the papers' code appears.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import SpecgenError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Token sampling. temperature == 0 means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise SpecgenError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise SpecgenError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise SpecgenError(f"top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What every method shares: length, stopping, sampling and the verification budget."""
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Upper bound on tree nodes verified per step, the root (pending token) excluded.
+    node_budget: int = 16
+    # DESIGN.md section 7: on this CPU 2-3 fed tokens cost more than 4-8, so small trees are padded
+    # up to this many fed tokens with extra draft nodes when a proposer has them (0 = never pad).
+    min_fed_tokens: int = 0
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SpecgenError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.node_budget < 0:
+            raise SpecgenError(f"node budget must be >= 0, got {self.node_budget}")
+
+
+@dataclass(frozen=True)
+class PLDConfig:
+    """Prompt lookup decoding (Saxena 2023): match the last n-gram in prompt + output so far."""
+
+    max_ngram: int = 3
+    min_ngram: int = 1
+    num_draft: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise SpecgenError(f"need 1 <= min-ngram <= max-ngram, got {self.min_ngram}, {self.max_ngram}")
+        if self.num_draft < 1:
+            raise SpecgenError(f"num-draft must be >= 1, got {self.num_draft}")
+
+
+@dataclass(frozen=True)
+class DraftModelConfig:
+    """Draft-model speculation: another HF model with the same tokenizer, or the target's first layers."""
+
+    draft_model: str | None = None
+    draft_layers: int | None = None
+    num_draft: int = 5
+
+    def __post_init__(self) -> None:
+        if self.draft_model is not None and self.draft_layers is not None:
+            raise SpecgenError("--draft-model and --draft-layers are mutually exclusive")
+        if self.draft_layers is not None and self.draft_layers < 1:
+            raise SpecgenError(f"draft-layers must be >= 1, got {self.draft_layers}")
+        if self.num_draft < 1:
+            raise SpecgenError(f"num-draft must be >= 1, got {self.num_draft}")
+
+
+@dataclass(frozen=True)
+class SoftGateConfig:
+    """SENSE soft-gated evaluation (our reading, DESIGN.md section 2).
+
+    At a node where the target's argmax is `a` and a draft child is `d != a`, accept `d` when
+    `p(d) >= alpha * p(a)` and `cos(E[d], E[a]) >= tau_e`, E being the target's input embeddings.
+    `enabled=False` is lossless.
+    """
+
+    enabled: bool = False
+    alpha: float = 0.3
+    tau_e: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise SpecgenError(f"gate alpha must be in [0, 1], got {self.alpha}")
+        if not -1.0 <= self.tau_e <= 1.0:
+            raise SpecgenError(f"gate tau-e must be in [-1, 1], got {self.tau_e}")

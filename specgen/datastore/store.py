@@ -1,0 +1,192 @@
+"""Loading and searching a semantic index folder (DESIGN.md sections 2 and 4; layout in manifest.py).
+
+`SemanticIndex.load` validates the folder (missing, corrupt or partial folders, another model or
+layer: one-line SpecgenError), keeps the FAISS index in memory and memory-maps the arrays.
+`search` takes raw hidden states of the model and applies the stored projection and the L2
+normalisation itself, so callers pass exactly what the decode loop holds.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import SpecgenError
+from . import ann
+from .build import project
+from .manifest import MANIFEST, Manifest, check_identity, read_manifest
+from .suffix import SuffixArray
+
+_CACHE: dict[tuple[str, int, int], "SemanticIndex"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _recover_path(path: Path) -> Path:
+    """`path`, or the complete copy a swap cut between its renames left aside (manifest.py)."""
+    if path.exists() or not path.parent.is_dir():
+        return path
+    for entry in sorted(path.parent.glob(path.name + ".old-*")):
+        if (entry / MANIFEST).is_file():
+            return entry
+    return path
+
+
+class SemanticIndex:
+    """A loaded index: FAISS index in memory, keys / values / tokens memory-mapped."""
+
+    def __init__(self, path: Path, manifest: Manifest, index: Any, keys: np.ndarray, values: np.ndarray,
+                 tokens: np.ndarray, doc_offsets: np.ndarray, projection: dict[str, np.ndarray] | None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.index = index  # faiss index, in memory
+        self.keys = keys  # [N, d] fp16, memory-mapped
+        self.values = values  # [N, L] int32, memory-mapped
+        self.tokens = tokens  # [N] int32, memory-mapped
+        self.doc_offsets = doc_offsets  # [D + 1] int64
+        self.projection = projection
+        self._suffix: SuffixArray | None = None
+
+    # --- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], expected_identity: dict[str, str] | None = None,
+             layer: int | None = None, *, tokenizer_only: bool = False) -> "SemanticIndex":
+        """Open and validate the index at `path`.
+
+        `expected_identity` (ModelBundle.identity()) must match the one recorded at build time (only
+        its tokenizer hash with `tokenizer_only`, enough for the lexical REST datastore); `layer`, when
+        given, must equal the build layer.
+        """
+        folder = _recover_path(Path(path))
+        manifest = read_manifest(folder)
+        check_identity(manifest, expected_identity, folder, tokenizer_only=tokenizer_only)
+        if layer is not None and manifest.layer != layer:
+            raise SpecgenError(f"index {folder} holds hidden states of layer {manifest.layer}, not {layer}: "
+                               f"rebuild it with --layer {layer} or use layer {manifest.layer}")
+        try:
+            keys = np.load(folder / "keys.npy", mmap_mode="r")
+            values = np.load(folder / "values.npy", mmap_mode="r")
+            tokens = np.load(folder / "tokens.npy", mmap_mode="r")
+            offsets = np.asarray(np.load(folder / "doc_offsets.npy"), dtype=np.int64)
+            projection = None
+            if manifest.projection.get("type") == "pca":
+                with np.load(folder / manifest.projection["file"]) as z:
+                    projection = {k: np.asarray(z[k], dtype=np.float32) for k in ("mean", "scale", "components")}
+        except (ValueError, OSError, KeyError, EOFError) as exc:
+            raise SpecgenError(f"corrupt index {folder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        n, d, length = manifest.count, manifest.dim, manifest.continuation_len
+        if (keys.shape != (n, d) or values.shape != (n, length) or tokens.shape != (n,)
+                or offsets.shape[0] != manifest.documents + 1 or int(offsets[-1]) != n):
+            raise SpecgenError(f"corrupt index {folder}: array shapes disagree with the manifest")
+        kind = manifest.index["type"]
+        try:
+            if manifest.index.get("file"):
+                import faiss
+
+                index = faiss.read_index(str(folder / manifest.index["file"]))
+            else:
+                index = ann.flat_from_keys(keys)
+        except RuntimeError as exc:
+            raise SpecgenError(f"corrupt index {folder}: cannot read the {kind} index ({str(exc).splitlines()[0][:80]})") from None
+        if int(index.ntotal) != n or int(index.d) != d:
+            raise SpecgenError(f"corrupt index {folder}: the {kind} index holds {index.ntotal} x {index.d}, expected {n} x {d}")
+        return cls(folder, manifest, index, keys, values, tokens, offsets, projection)
+
+    @classmethod
+    def load_cached(cls, path: str | os.PathLike[str], expected_identity: dict[str, str] | None = None,
+                    layer: int | None = None, *, tokenizer_only: bool = False) -> "SemanticIndex":
+        """`load`, reusing an already loaded copy while the folder's manifest is unchanged."""
+        folder = Path(path).resolve()
+        try:
+            st = (folder / MANIFEST).stat()
+            key = (str(folder), st.st_mtime_ns, st.st_ino)
+        except OSError:
+            return cls.load(path, expected_identity, layer, tokenizer_only=tokenizer_only)
+        with _CACHE_LOCK:
+            hit = _CACHE.get(key)
+        if hit is None:
+            hit = cls.load(path, None, None)
+            with _CACHE_LOCK:
+                _CACHE.clear()  # one index at a time: they can be large
+                _CACHE[key] = hit
+        check_identity(hit.manifest, expected_identity, folder, tokenizer_only=tokenizer_only)
+        if layer is not None and hit.manifest.layer != layer:
+            raise SpecgenError(f"index {folder} holds hidden states of layer {hit.manifest.layer}, not {layer}")
+        return hit
+
+    # --- queries ---------------------------------------------------------------------------------
+    @property
+    def layer(self) -> int:
+        return self.manifest.layer
+
+    @property
+    def continuation_len(self) -> int:
+        return self.manifest.continuation_len
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def prepare(self, queries: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw hidden states [B, H] (or [H]) -> projected, normalised fp32 queries [B, d]."""
+        if isinstance(queries, torch.Tensor):
+            queries = queries.detach().to("cpu", torch.float32).numpy()
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.shape[1] != self.manifest.hidden_size:
+            raise SpecgenError(f"query width {q.shape[1]} does not match the index's hidden size {self.manifest.hidden_size}")
+        return np.ascontiguousarray(project(q, self.projection))
+
+    def search(self, queries: torch.Tensor | np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` neighbours of raw hidden states [B, H]: (scores [B, k] cosine, ids [B, k]; -inf/-1 pad)."""
+        q = self.prepare(queries)  # [B, d]
+        return ann.search_index(self.manifest.index["type"], self.index, self.keys, self.manifest.index["params"], q, k)
+
+    def continuations(self, ids: np.ndarray) -> np.ndarray:
+        """Stored continuations of key ids [...] -> [..., L] int32 (-1 past a document's end or for id -1)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.reshape(-1)  # [M]
+        out = np.asarray(self.values[np.clip(flat, 0, max(0, len(self) - 1))], dtype=np.int32)  # [M, L]
+        out[flat < 0] = -1
+        return out.reshape(*ids.shape, self.continuation_len)
+
+    @property
+    def suffix_array(self) -> SuffixArray:
+        """The REST lexical datastore over this index's token stream (sa.npy, memory-mapped)."""
+        if self._suffix is None:
+            self._suffix = SuffixArray.load(self.tokens, self.doc_offsets, self.path / "sa.npy")
+        return self._suffix
+
+    def info(self) -> dict[str, Any]:
+        """Summary for `specgen index-info`."""
+        m = self.manifest
+        size = sum((self.path / f).stat().st_size for f in m.files) + (self.path / MANIFEST).stat().st_size
+        return index_summary(m, self.path, size)
+
+
+def index_summary(m: Manifest, path: Path, size_bytes: int) -> dict[str, Any]:
+    """The manifest as a flat summary dict (also used without loading the arrays)."""
+    proj = m.projection
+    return {
+        "path": str(path), "model": m.model.get("name"), "config_sha256": m.model.get("config_sha256", "")[:12],
+        "tokenizer_sha256": m.model.get("tokenizer_sha256", "")[:12], "layer": m.layer,
+        "hidden_size": m.hidden_size, "dim": m.dim,
+        "projection": "none" if proj.get("type") == "none" else f"{proj.get('type')} {proj.get('dim')}",
+        "normalize": m.normalize, "keys": m.count, "documents": m.documents, "continuation_len": m.continuation_len,
+        "index_type": m.index.get("type"), "index_params": m.index.get("params"),
+        "corpus_files": len(m.corpus), "files_skipped": len(m.build.get("files_skipped", [])),
+        "size_bytes": size_bytes, "bytes_per_token": round(size_bytes / max(1, m.count), 1),
+        "build_tokens_per_s": m.build.get("tokens_per_s"), "build_s": m.build.get("total_s"), "created": m.created,
+        "format_version": m.format_version,
+    }
+
+
+def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`index_summary` of the folder at `path`, validated but without loading the FAISS index."""
+    folder = _recover_path(Path(path))
+    m = read_manifest(folder)
+    size = sum((folder / f).stat().st_size for f in m.files) + (folder / MANIFEST).stat().st_size
+    return index_summary(m, folder, size)

@@ -1,0 +1,128 @@
+"""The decode loop: prefill, then propose -> build tree -> verify -> accept -> commit, until done.
+
+One loop serves every token-level method; methods differ only in their proposer and acceptance
+rule (DESIGN.md section 1). Each step emits at least one token (the bonus token).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .. import adapter
+from ..config import GenerationConfig, SoftGateConfig
+from ..proposers.base import Proposer, ProposeContext
+from .accept import accept_greedy, accept_sampling, target_probs
+from .stats import GenerationStats, StepRecord
+from .tree import build_tree
+from .verify import verify_tree
+
+TokenCallback = Callable[[list[int]], None]
+
+
+@dataclass
+class DecodeResult:
+    """Generated token ids (prompt excluded), statistics and why generation ended."""
+
+    token_ids: list[int]
+    stats: GenerationStats
+    finish_reason: str  # "eos" | "length" | "stop"
+
+
+class Stopper:
+    """Decides, token by token, where generation ends: EOS (kept), max_new_tokens, a stop string."""
+
+    def __init__(self, tokenizer: Any, eos_ids: set[int], gen: GenerationConfig) -> None:
+        self.tokenizer, self.eos_ids, self.gen = tokenizer, eos_ids if gen.stop_at_eos else set(), gen
+        self.generated: list[int] = []
+        self.reason: str | None = None
+
+    def feed(self, tokens: list[int]) -> list[int]:
+        """Append `tokens` up to where generation ends; return the ones kept."""
+        kept = []
+        for t in tokens:
+            self.generated.append(t)
+            kept.append(t)
+            if t in self.eos_ids:
+                self.reason = "eos"
+            elif self.gen.stop and any(s in self.tokenizer.decode(self.generated[-64:], skip_special_tokens=True)
+                                       for s in self.gen.stop):
+                self.reason = "stop"
+            elif len(self.generated) >= self.gen.max_new_tokens:
+                self.reason = "length"
+            if self.reason:
+                break
+        return kept
+
+
+def _pick(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator) -> int:
+    """The target's token from one row of logits [V]: argmax or a sample."""
+    if gen.sampling.greedy:
+        return int(logits.argmax())
+    return int(torch.multinomial(target_probs(logits.view(1, -1), gen.sampling)[0], 1, generator=rng))
+
+
+@torch.inference_mode()
+def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *,
+           method: str, gate: SoftGateConfig | None = None, on_tokens: TokenCallback | None = None) -> DecodeResult:
+    """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`."""
+    model = target.model
+    adapter.use_tree_attention(model)
+    stats = GenerationStats(method=method, prompt_tokens=len(prompt_ids))
+    stopper = Stopper(target.tokenizer, target.eos_ids, gen)
+    rng = torch.Generator().manual_seed(gen.sampling.seed if gen.sampling.seed is not None else 0)
+    layer = proposer.hidden_layer
+    embeddings = model.get_input_embeddings().weight if gate is not None and gate.enabled else None  # [V, H]
+    t0 = time.perf_counter()
+
+    # Prefill: the whole prompt, causal; only the last position's logits are needed.
+    cache = adapter.new_cache(model)
+    n = len(prompt_ids)
+    out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long), torch.arange(n), cache,
+                               torch.ones(n, n, dtype=torch.bool).tril_(), hidden_layer=layer,
+                               logits_for=torch.tensor([n - 1]))
+    context_hidden = out.hidden if proposer.wants_context_hidden else None  # [L, H]
+    last_hidden = out.hidden[-1] if out.hidden is not None else None  # [H]
+    tokens = list(prompt_ids)
+    proposer.reset(list(prompt_ids))
+    first = stopper.feed([_pick(out.logits[-1], gen, rng)])
+    tokens += first
+    stats.prefill_s = time.perf_counter() - t0
+    if on_tokens:
+        on_tokens(first)
+
+    while stopper.reason is None:
+        n_kv = len(tokens) - 1
+        ta = time.perf_counter()
+        budget = min(gen.node_budget, gen.max_new_tokens - len(stopper.generated))
+        cands = proposer.propose(ProposeContext(tokens=tokens, prompt_len=len(prompt_ids), budget=budget,
+                                                hidden=last_hidden, context_hidden=context_hidden))
+        tree = build_tree(tokens[-1], cands, budget)
+        tb = time.perf_counter()
+        ver = verify_tree(model, cache, tree, n_kv, hidden_layer=layer)
+        tc = time.perf_counter()
+        if gen.sampling.greedy:
+            acc = accept_greedy(tree, ver.logits, gate, embeddings)
+        else:
+            acc = accept_sampling(tree, ver.logits, gen.sampling, rng)
+        adapter.commit_cache(cache, n_kv, acc.path)
+        path = list(acc.path)
+        if ver.hidden is not None:
+            last_hidden = ver.hidden[path[-1]]
+            if context_hidden is not None:
+                context_hidden = torch.cat([context_hidden, ver.hidden[path]], dim=0)  # [L', H]
+        new = stopper.feed([int(tree.tokens[i]) for i in path[1:]] + [acc.bonus])
+        tokens += new
+        proposer.commit(tokens, len(tokens) - 1)
+        depth = int(tree.depth.max()) if tree.size > 1 else 0
+        stats.add_step(StepRecord(drafted=tree.size - 1, draft_depth=depth, accepted=len(path) - 1,
+                                  emitted=len(new), gated=acc.gated, t_propose=tb - ta, t_verify=tc - tb,
+                                  t_accept=time.perf_counter() - tc))
+        if on_tokens:
+            on_tokens(new)
+
+    stats.wall_s = time.perf_counter() - t0
+    stats.new_tokens = len(stopper.generated)
+    return DecodeResult(stopper.generated, stats, stopper.reason or "length")

@@ -1,0 +1,79 @@
+"""Build the token tree: merge candidates into a trie, prune it to the node budget by score.
+
+Output (DESIGN.md section 1, step 3): node tokens, parent index, depth, and the tree attention mask
+in which each node sees its ancestors and itself (the committed prefix is implicit). Node 0 is the
+root, the pending token; nodes are in breadth-first order, so a parent's index is below its children's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..proposers.base import Candidates
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A pruned draft tree rooted at the pending token."""
+
+    tokens: torch.Tensor  # [n] int64, tokens[0] = pending token
+    parents: torch.Tensor  # [n] int64, parents[0] = -1
+    depth: torch.Tensor  # [n] int64, depth[0] = 0
+    mask: torch.Tensor  # [n, n] bool, mask[i, j] = j is i or an ancestor of i
+    children: tuple[tuple[int, ...], ...]  # per node, child indices best-score first
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root down to `node`, both included."""
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = int(self.parents[node])
+        return path[::-1]
+
+
+def build_tree(root_token: int, cands: Candidates, budget: int) -> Tree:
+    """Trie of `cands` under `root_token`, keeping the `budget` best-scored draft nodes.
+
+    A node's score is the summed score of the candidates through it, so a parent never scores
+    below its child and the kept set is closed under ancestors (ties keep the shallower node).
+    """
+    # Trie as parallel lists; node 0 is the root.
+    tok: list[int] = [root_token]
+    par: list[int] = [-1]
+    dep: list[int] = [0]
+    score: list[float] = [float("inf")]
+    edges: dict[tuple[int, int], int] = {}
+    for seq, s in zip(cands.sequences, cands.scores):
+        node = 0
+        for t in seq[:budget]:
+            child = edges.get((node, t))
+            if child is None:
+                child = len(tok)
+                edges[(node, t)] = child
+                tok.append(int(t)); par.append(node); dep.append(dep[node] + 1); score.append(0.0)
+            score[child] += float(s)
+            node = child
+    # Best `budget` draft nodes, then breadth-first order (parent before child).
+    ranked = sorted(range(1, len(tok)), key=lambda i: (-score[i], dep[i], i))[:budget]
+    keep = [0] + sorted(ranked, key=lambda i: (dep[i], -score[i], i))
+    new_index = {old: new for new, old in enumerate(keep)}
+    n = len(keep)
+    tokens = torch.tensor([tok[i] for i in keep], dtype=torch.long)
+    parents = torch.tensor([new_index[par[i]] if i else -1 for i in keep], dtype=torch.long)
+    depth = torch.tensor([dep[i] for i in keep], dtype=torch.long)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    kids: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        mask[i, i] = True
+        p = int(parents[i])
+        if p >= 0:
+            mask[i] |= mask[p]  # parents precede children, so mask[p] is complete
+            kids[p].append(i)
+    for k in kids:
+        k.sort(key=lambda i: -score[keep[i]])
+    return Tree(tokens, parents, depth, mask, tuple(tuple(k) for k in kids))

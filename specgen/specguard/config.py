@@ -1,0 +1,115 @@
+"""SpecGuardConfig: every "our reading" choice of DESIGN.md section 3 as a named option.
+
+Field names equal the CLI flags (`--step-delimiter` -> `step_delimiter`), so
+`specgen.proposers.registry.make_config("specguard", options)` builds it directly.
+
+Defaults and why (measured with `specgen.specguard.verifier.run_verifier_study`, SmolLM2-135M as
+the scorer, GSM8K gold steps against corrupted twins; see the module docstring of `steps.py`):
+- `confidence="mean_exp"`: the geometric mean token probability separates correct from corrupted
+  steps best and most consistently (DESIGN.md section 3 probe: AUROC 0.70, twin win rate 95%).
+- `grounding_direction="lower"`: on this model a corrupted step attends MORE to the context than
+  its correct twin, the opposite of the paper's intuition; "higher" is the paper's reading.
+- `beta=0.75`, `tau=0.45`: the ensemble leans on confidence, the signal that carries information
+  here; tau is set so that roughly half of the draft's steps pass on GSM8K.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import SpecgenError
+
+# RSD-style step scorer (Liao et al., 2025): (context text, step text) -> score in [0, 1], higher =
+# better. A process reward model plugs in here; when set it replaces grounding and confidence.
+StepScorer = Callable[[str, str], float]
+
+SELECTORS = ("overlap", "embedding", "numeric")
+REDUCES = ("min", "quantile")
+DIRECTIONS = ("higher", "lower")
+REFERENCES = ("absolute", "relative")
+CONFIDENCES = ("mean_exp", "min")
+RULES = ("ensemble", "and")
+SIGNALS = ("both", "grounding", "confidence")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SpecgenError(f"{name} must be one of {', '.join(allowed)}, got '{value}'")
+
+
+def _unit(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise SpecgenError(f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class SpecGuardConfig:
+    """Step-level speculative decoding verified by the target's internal signals (DESIGN.md section 3).
+
+    draft_model: embedded alias, hub id, folder or .gguf of the draft; None = the target drafts for
+        itself (sampled candidates, no speed-up; useful for tests and same-model studies).
+    step_delimiter: a step ends after this string, at EOS, or after `max_step_tokens` draft tokens
+        (the fallback when the delimiter never occurs).
+    candidates: k steps sampled from the draft per step, at `draft_temperature` (0 = one greedy).
+    selector: overlap (token-overlap medoid) | embedding (medoid of mean input embeddings) |
+        numeric (majority vote on the step's last number, overlap medoid among the winners).
+    grounding_layers: the last L layers whose attention is read; grounding_reduce: min | quantile
+        (`grounding_quantile` of the per-token masses) over the step's tokens.
+    grounding_direction: higher (paper: more mass on the context = better) | lower (the probe's
+        finding on small models, 1 - G); grounding_reference: absolute | relative (0.5 + (G - mean G
+        of the other candidates) / 2: all k candidates are scored in one tree-masked forward).
+    confidence: mean_exp (exp of the mean token log-prob) | min (exp of the minimum log-prob).
+    rule: ensemble (`beta * C + (1 - beta) * G >= tau`) | and (`C >= tau_confidence` and
+        `G >= tau_grounding`). signals: both | grounding | confidence (ablations: one signal alone,
+        compared with `tau`).
+    recompute_method: the token-level method (registry name) the target uses to regenerate a
+        rejected step. scorer: RSD baseline, replaces the internal signals (`score >= tau`).
+    seed: seeds the draft's sampling (step i uses seed + i).
+    """
+
+    draft_model: str | None = "gemma3-270m"
+    step_delimiter: str = "\n\n"
+    candidates: int = 4
+    draft_temperature: float = 0.7
+    max_step_tokens: int = 96
+    selector: str = "overlap"
+    grounding_layers: int = 8
+    grounding_reduce: str = "min"
+    grounding_quantile: float = 0.1
+    grounding_direction: str = "lower"
+    grounding_reference: str = "absolute"
+    confidence: str = "mean_exp"
+    rule: str = "ensemble"
+    beta: float = 0.75
+    tau: float = 0.45
+    tau_confidence: float = 0.4
+    tau_grounding: float = 0.3
+    signals: str = "both"
+    recompute_method: str = "pld"
+    scorer: StepScorer | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.step_delimiter:
+            raise SpecgenError("step-delimiter must not be empty")
+        if self.candidates < 1:
+            raise SpecgenError(f"candidates must be >= 1, got {self.candidates}")
+        if self.draft_temperature < 0:
+            raise SpecgenError(f"draft-temperature must be >= 0, got {self.draft_temperature}")
+        if self.max_step_tokens < 1:
+            raise SpecgenError(f"max-step-tokens must be >= 1, got {self.max_step_tokens}")
+        if self.grounding_layers < 1:
+            raise SpecgenError(f"grounding-layers must be >= 1, got {self.grounding_layers}")
+        _choice("selector", self.selector, SELECTORS)
+        _choice("grounding-reduce", self.grounding_reduce, REDUCES)
+        _choice("grounding-direction", self.grounding_direction, DIRECTIONS)
+        _choice("grounding-reference", self.grounding_reference, REFERENCES)
+        _choice("confidence", self.confidence, CONFIDENCES)
+        _choice("rule", self.rule, RULES)
+        _choice("signals", self.signals, SIGNALS)
+        for name in ("grounding_quantile", "beta", "tau", "tau_confidence", "tau_grounding"):
+            _unit(name.replace("_", "-"), getattr(self, name))
+        if self.recompute_method == "specguard":
+            raise SpecgenError("recompute-method must be a token-level method, not specguard")
+        if self.scorer is not None and not callable(self.scorer):
+            raise SpecgenError("scorer must be a callable (context text, step text) -> float")
