@@ -18,8 +18,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+Timer = Callable[[Callable[[], object]], float]
+TritonModules = tuple[ModuleType, ModuleType] | str  # (similarity, attention) or why not available
 
 CPU_NOTE = (
     "CPU run: the Triton rows time the Triton interpreter (numpy, one program at a time), not "
@@ -66,7 +74,7 @@ GPU_ATTENTION = tuple(
 )
 
 
-def _timer(device: torch.device, repeats: int) -> Callable[[Callable[[], object]], float]:
+def _timer(device: torch.device, repeats: int) -> Timer:
     """Median milliseconds of fn() after one warm-up call (which also autotunes/compiles)."""
 
     def run(fn: Callable[[], object]) -> float:
@@ -85,7 +93,7 @@ def _timer(device: torch.device, repeats: int) -> Callable[[Callable[[], object]
     return run
 
 
-def _triton_modules(device: torch.device) -> tuple[object, object] | str:
+def _triton_modules(device: torch.device) -> TritonModules:
     """Import the Triton kernel modules (interpreter mode on CPU), or say why they cannot run."""
     from specgen.kernels import _dispatch
 
@@ -102,7 +110,9 @@ def _triton_modules(device: torch.device) -> tuple[object, object] | str:
     return similarity, attention
 
 
-def _similarity_rows(case: SimilarityCase, device: torch.device, timer, triton_mods) -> list[dict]:
+def _similarity_rows(
+    case: SimilarityCase, device: torch.device, timer: Timer, triton_mods: TritonModules
+) -> list[dict]:
     from specgen.kernels import similarity_topk_reference
 
     gen = torch.Generator().manual_seed(0)
@@ -110,7 +120,8 @@ def _similarity_rows(case: SimilarityCase, device: torch.device, timer, triton_m
     keys = torch.randn(case.n, case.d, generator=gen).to(device, case.dtype)
     ref_scores, _ = similarity_topk_reference(queries, keys, case.k)
     base = {"kernel": "similarity_topk", "shape": case.label(), "dtype": str(case.dtype).removeprefix("torch.")}
-    rows = [{**base, "impl": "torch reference", "ms": timer(lambda: similarity_topk_reference(queries, keys, case.k)), "max_abs_err": 0.0}]
+    ref_ms = timer(lambda: similarity_topk_reference(queries, keys, case.k))
+    rows = [{**base, "impl": "torch reference", "ms": ref_ms, "max_abs_err": 0.0}]
     if isinstance(triton_mods, str):
         rows.append({**base, "impl": "triton", "ms": None, "max_abs_err": None, "skipped": triton_mods})
     else:
@@ -128,11 +139,14 @@ def _similarity_rows(case: SimilarityCase, device: torch.device, timer, triton_m
     q_np = queries.float().cpu().numpy()
     f_scores, _ = index.search(q_np, case.k)
     err = (torch.from_numpy(f_scores).to(device) - ref_scores).abs().max().item()
-    rows.append({**base, "impl": "faiss.IndexFlatIP (cpu)", "ms": timer(lambda: index.search(q_np, case.k)), "max_abs_err": err})
+    faiss_ms = timer(lambda: index.search(q_np, case.k))
+    rows.append({**base, "impl": "faiss.IndexFlatIP (cpu)", "ms": faiss_ms, "max_abs_err": err})
     return rows
 
 
-def _attention_rows(case: AttentionCase, device: torch.device, timer, triton_mods) -> list[dict]:
+def _attention_rows(
+    case: AttentionCase, device: torch.device, timer: Timer, triton_mods: TritonModules
+) -> list[dict]:
     from specgen.kernels import tree_attention_reference
     from specgen.kernels.reference import build_allowed_mask
 
@@ -151,7 +165,8 @@ def _attention_rows(case: AttentionCase, device: torch.device, timer, triton_mod
     kw = dict(tree_mask=tree, prefix_len=case.prefix, scale=case.dim**-0.5, grounding_end=case.prefix)
     ref_out, _ = tree_attention_reference(q, k, v, **kw)
     base = {"kernel": "tree_attention", "shape": case.label(), "dtype": str(case.dtype).removeprefix("torch.")}
-    rows = [{**base, "impl": "torch reference (+grounding)", "ms": timer(lambda: tree_attention_reference(q, k, v, **kw)), "max_abs_err": 0.0}]
+    ref_ms = timer(lambda: tree_attention_reference(q, k, v, **kw))
+    rows = [{**base, "impl": "torch reference (+grounding)", "ms": ref_ms, "max_abs_err": 0.0}]
     if isinstance(triton_mods, str):
         rows.append({**base, "impl": "triton (+grounding)", "ms": None, "max_abs_err": None, "skipped": triton_mods})
     else:
@@ -159,7 +174,8 @@ def _attention_rows(case: AttentionCase, device: torch.device, timer, triton_mod
         out = torch.empty_like(q)
         fn(q, k, v, out=out, **kw)
         err = (out.float() - ref_out.float()).abs().max().item()
-        rows.append({**base, "impl": "triton (+grounding)", "ms": timer(lambda: fn(q, k, v, out=out, **kw)), "max_abs_err": err})
+        triton_ms = timer(lambda: fn(q, k, v, out=out, **kw))
+        rows.append({**base, "impl": "triton (+grounding)", "ms": triton_ms, "max_abs_err": err})
     dense = build_allowed_mask(tree, case.prefix)  # [n, T]
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -206,7 +222,7 @@ def run_kernel_bench(
     }
 
 
-def render_kernel_bench(result: dict | list[dict]) -> "rich.table.Table":  # noqa: F821
+def render_kernel_bench(result: dict | list[dict]) -> Table:
     """A rich table of run_kernel_bench's rows (pass the whole result to get its note as caption)."""
     from rich.table import Table
 

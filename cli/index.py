@@ -54,32 +54,48 @@ def build_index_command(
     from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.text import Text
 
+    from transformers.utils import logging as hf_logging
+
     from specgen.datastore import IndexBuildConfig, build_index
+    from specgen.datastore.corpus import list_corpus_files
 
     class _TokensPerSecond(ProgressColumn):
         def render(self, task: Any) -> Text:
             speed = task.finished_speed or task.speed
             return Text(f"{speed:,.0f} tok/s" if speed else "- tok/s", style="progress.data.speed")
 
+    class _Tokens(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            total = f"{task.total:,.0f}" if task.total is not None else "?"
+            return Text(f"{task.completed:,.0f}/{total} tokens", style="progress.download")
+
     err = Console(stderr=True)
     try:
         cfg = IndexBuildConfig(layer=layer, continuation_len=continuation_len, pca=pca, max_tokens=max_tokens,
                                index_type=index_type, batch_tokens=batch_tokens, window=window,
                                overlap=min(256, window // 4), append=append)
+        list_corpus_files(corpus)  # fail on a missing or empty corpus before loading the model
         from specgen.models import load_model
 
+        hf_logging.disable_progress_bar()
         with err.status(f"loading model {model or 'default'}"):
             bundle = load_model(model)
-        columns = (TextColumn("embedding"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
-                   _TokensPerSecond(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        with Progress(*columns, console=err, transient=False) as bar:
-            task = bar.add_task("embed", total=None)
+        columns = (TextColumn("embedding"), BarColumn(), _Tokens(), _TokensPerSecond(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn())
+        # The bar starts with the first embedded batch (after tokenizing) and is cleared at the end.
+        bar = Progress(*columns, console=err, transient=True)
+        task = bar.add_task("embed", total=None)
 
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+        def progress(done: int, total: int) -> None:
+            if not bar.live.is_started:
+                bar.start()
+            bar.update(task, completed=done, total=total)
 
+        try:
             manifest = build_index(bundle.model, bundle.tokenizer, corpus, output, cfg, progress=progress,
                                    model_identity=bundle.identity())
+        finally:
+            bar.stop()
     except SpecgenError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:

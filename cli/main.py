@@ -100,6 +100,13 @@ def generate(
     draft_temperature: Optional[float] = typer.Option(None, "--draft-temperature", help="specguard: draft sampling temperature."),
     tau: Optional[float] = typer.Option(None, "--tau", help="specguard: acceptance threshold."),
     beta: Optional[float] = typer.Option(None, "--beta", help="specguard: confidence weight in the ensemble."),
+    selector: Optional[str] = typer.Option(None, "--selector", help="specguard: overlap | embedding | numeric."),
+    signals: Optional[str] = typer.Option(None, "--signals", help="specguard: both | grounding | confidence (ablations)."),
+    rule: Optional[str] = typer.Option(None, "--rule", help="specguard: ensemble | and."),
+    tau_confidence: Optional[float] = typer.Option(None, "--tau-confidence", help="specguard: confidence threshold (rule=and)."),
+    tau_grounding: Optional[float] = typer.Option(None, "--tau-grounding", help="specguard: grounding threshold (rule=and)."),
+    max_step_tokens: Optional[int] = typer.Option(None, "--max-step-tokens", help="specguard: token cap per step."),
+    recompute_method: Optional[str] = typer.Option(None, "--recompute-method", help="specguard: token-level method for rejected steps."),
 ) -> None:
     """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""
     from specgen.config import GenerationConfig, SamplingConfig
@@ -118,7 +125,8 @@ def generate(
                    draft_layers=draft_layers, index=str(index) if index else None,
                    gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,
-                   tau=tau, beta=beta)
+                   tau=tau, beta=beta, selector=selector, signals=signals, rule=rule, tau_confidence=tau_confidence,
+                   tau_grounding=tau_grounding, max_step_tokens=max_step_tokens, recompute_method=recompute_method)
     method_config = make_config(method, options)
     bundle = load_model(model, dtype=dtype)
     sink = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
@@ -148,9 +156,10 @@ def render_stats(stats: Any) -> None:
 
 
 def _register_subcommands() -> None:
-    from . import index
+    from . import bench, index
 
     index.register(app)
+    app.add_typer(bench.bench_app, name="bench", help="Benchmark methods side by side on real data.")
 
 
 _register_subcommands()

@@ -153,8 +153,8 @@ def _tree_attention_kernel(
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // Hkv
-    hkv = pid_bh % Hkv
+    b = (pid_bh // Hkv).to(tl.int64)  # int64: B * H * T * D can pass 2**31 for long contexts
+    hkv = (pid_bh % Hkv).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     row_ok = rows < GROUP * n
     node = rows % n

@@ -2,8 +2,10 @@
 
 The [B, N] score matrix is never materialised. The grid is (query blocks, key splits); each program
 streams its contiguous range of keys tile by tile (tl.dot, fp32 accumulation), packs every score
-with its key id into one sortable int64 and keeps a running top-K_PAD with tl.topk. A second stage
-(torch.topk over [B, splits * K_PAD] candidates) merges the splits.
+with its key id into one sortable int64 and keeps a running top-K_PAD (tl.topk's bitonic network on
+a GPU; max-and-remove rounds under the interpreter, where tl.topk is ~1 s a call). Tiles whose best
+score cannot enter any row's running top-K skip the selection. A second stage (torch.topk over
+[B, splits * K_PAD] candidates) merges the splits.
 
 Imports triton at module level: reach it through specgen.kernels, which imports it lazily.
 """
@@ -126,7 +128,8 @@ def _similarity_topk_kernel(
                 other=0.0,
             )  # [BLOCK_B, BLOCK_D]
             kt = tl.load(
-                k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                # int64 row offsets: N * stride passes 2**31 for large datastores.
+                k_ptr + offs_n.to(tl.int64)[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                 mask=n_ok[:, None] & d_ok[None, :],
                 other=0.0,
             )  # [BLOCK_N, BLOCK_D]
@@ -212,6 +215,8 @@ def similarity_topk_triton(
     queries = check_similarity_args(queries, keys, k)
     if k > TRITON_MAX_K:
         raise ValueError(f"the Triton similarity kernel supports k <= {TRITON_MAX_K}, got k={k}")
+    if keys.shape[0] >= 2**31:
+        raise ValueError("the Triton similarity kernel packs key ids in 31 bits: N must be < 2**31")
     # [B] fp32; B x d is tiny, so the query norms are computed here once. (A 1-element placeholder
     # when unused: a null pointer argument can upset the launcher.)
     if normalize:

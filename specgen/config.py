@@ -41,9 +41,6 @@ class GenerationConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Upper bound on tree nodes verified per step, the root (pending token) excluded.
     node_budget: int = 16
-    # DESIGN.md section 7: on this CPU 2-3 fed tokens cost more than 4-8, so small trees are padded
-    # up to this many fed tokens with extra draft nodes when a proposer has them (0 = never pad).
-    min_fed_tokens: int = 0
     stop_at_eos: bool = True
 
     def __post_init__(self) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -17,6 +18,15 @@ from _tiny import save_tiny, stdlib_sources  # noqa: E402
 from specgen.cli.index import register  # noqa: E402
 
 SMALL = ["--window", "256", "--batch-tokens", "1024"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers stall."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +48,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("model") / "other", seed=7)
+    return save_tiny(tmp_path_factory.mktemp("model") / "other", seed=7, layers=3)
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ scores are cosine similarities. Types:
 - `flat`: exact. Nothing is written; on load an `IndexScalarQuantizer(QT_fp16)` is filled from
   keys.npy (exact on the stored fp16 keys, half the memory traffic of an fp32 `IndexFlatIP`).
 - `hnsw`: `IndexHNSWSQ(QT_fp16)`, M=32, efConstruction=80, efSearch=max(64, 4k) at query time.
-- `ivf`: `IndexIVFFlat`, nlist ~ 4 sqrt(N) (at least 39 training points per list), nprobe = nlist/8
+- `ivf`: `IndexIVFScalarQuantizer(QT_fp16)` (IVF-flat on the fp16 keys), nlist ~ 4 sqrt(N) (at least 39 training points per list), nprobe = nlist/8
   (at least 16).
 - `ivfpq`: `IndexIVFPQ` (8-bit codes, ~8 dims per sub-quantizer), then an exact re-rank of the
   `rerank * k` best candidates against the memory-mapped fp16 keys: PQ keeps RAM small, the re-rank
@@ -18,7 +18,9 @@ here is 75-105 ms, DESIGN.md section 7), `hnsw` up to HNSW_MAX, `ivfpq` beyond.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -66,10 +68,37 @@ def _pq_subquantizers(dim: int) -> int:
     return 1
 
 
+def faiss_threads() -> int:
+    """OpenMP threads for FAISS: `SPECGEN_FAISS_THREADS`, default 1.
+
+    On this 2-core CPU one thread is faster for single queries (4 vs 12+ ms at 50k x 576) and for
+    building; worse, FAISS's idle OpenMP workers spin and slowed the next torch forward 20x when
+    FAISS had 2 threads (measured in the build: model pass 0.3 s -> 7.5 s).
+    """
+    return max(1, int(os.environ.get("SPECGEN_FAISS_THREADS", "1")))
+
+
 def _faiss() -> Any:
     import faiss
 
     return faiss
+
+
+@contextmanager
+def faiss_omp() -> Iterator[None]:
+    """Run FAISS with `faiss_threads()` OpenMP threads, then restore torch's count.
+
+    FAISS and torch share libgomp's thread-count setting: `faiss.omp_set_num_threads(1)` alone would
+    leave every later torch forward single-threaded.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    _faiss().omp_set_num_threads(faiss_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _chunks(keys: np.ndarray, size: int = _ADD_CHUNK) -> Any:
@@ -85,7 +114,7 @@ def _train_sample(keys: np.ndarray, want: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(keys[rows], dtype=np.float32)  # [want, d]
 
 
-def build_ann(kind: str, keys: np.ndarray, params: dict[str, Any],
+def _build_ann(kind: str, keys: np.ndarray, params: dict[str, Any],
               progress: Callable[[int, int], None] | None = None) -> Any:
     """A FAISS index of `kind` over `keys` [N, d] (fp16, normalised); None for `flat` (built on load)."""
     if kind == "flat":
@@ -100,7 +129,8 @@ def build_ann(kind: str, keys: np.ndarray, params: dict[str, Any],
     elif kind in ("ivf", "ivfpq"):
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, int(params["nlist"]), ip)
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, int(params["nlist"]), faiss.ScalarQuantizer.QT_fp16, ip)
+            index.by_residual = False  # fp16 codes of the keys themselves: exact on the stored keys
         else:
             index = faiss.IndexIVFPQ(quantizer, d, int(params["nlist"]), int(params["m"]), int(params["nbits"]), ip)
         want = max(64 * int(params["nlist"]), 256 * 2 ** int(params.get("nbits", 0)) if kind == "ivfpq" else 0)
@@ -117,7 +147,7 @@ def build_ann(kind: str, keys: np.ndarray, params: dict[str, Any],
     return index
 
 
-def flat_from_keys(keys: np.ndarray) -> Any:
+def _flat_from_keys(keys: np.ndarray) -> Any:
     """Exact inner-product index over fp16 `keys` [N, d] (fp16 storage, fp32 arithmetic)."""
     faiss = _faiss()
     index = faiss.IndexScalarQuantizer(keys.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
@@ -126,15 +156,12 @@ def flat_from_keys(keys: np.ndarray) -> Any:
     return index
 
 
-def search_index(kind: str, index: Any, keys: np.ndarray, params: dict[str, Any], queries: np.ndarray,
+def _search_index(kind: str, index: Any, keys: np.ndarray, params: dict[str, Any], queries: np.ndarray,
                  k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-`k` inner products of normalised `queries` [B, d] fp32: (scores [B, k] fp32, ids [B, k] int64).
 
     Missing results are (-inf, -1). For `ivfpq` the PQ candidates are re-scored exactly on `keys`.
     """
-    faiss = _faiss()
-    # One query: a single OpenMP thread is faster on this 2-core CPU (measured: 12 vs 48 ms at 50k x 576).
-    faiss.omp_set_num_threads(1 if queries.shape[0] < 8 else 2)
     k_eff = min(k, int(index.ntotal))
     if k_eff <= 0:
         return (np.full((queries.shape[0], k), -np.inf, dtype=np.float32),
@@ -161,3 +188,25 @@ def search_index(kind: str, index: Any, keys: np.ndarray, params: dict[str, Any]
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
     return scores, ids.astype(np.int64)
+
+
+def build_ann(kind: str, keys: np.ndarray, params: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> Any:
+    """A FAISS index of `kind` over `keys` [N, d] (fp16, normalised); None for `flat` (built on load)."""
+    with faiss_omp():
+        return _build_ann(kind, keys, params, progress)
+
+
+def flat_from_keys(keys: np.ndarray) -> Any:
+    """Exact inner-product index over fp16 `keys` [N, d] (fp16 storage, fp32 arithmetic)."""
+    with faiss_omp():
+        return _flat_from_keys(keys)
+
+
+def search_index(kind: str, index: Any, keys: np.ndarray, params: dict[str, Any], queries: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`k` inner products of normalised `queries` [B, d] fp32: (scores [B, k] fp32, ids [B, k] int64).
+
+    Missing results are (-inf, -1). For `ivfpq` the PQ candidates are re-scored exactly on `keys`.
+    """
+    with faiss_omp():
+        return _search_index(kind, index, keys, params, queries, k)

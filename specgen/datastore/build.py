@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,6 +39,9 @@ from .suffix import build_suffix_array, separated_text
 Progress = Callable[[int, int], None]  # (tokens embedded so far, tokens to embed)
 _PCA_SAMPLE = 100_000
 _CHUNK_ROWS = 65_536
+# Windows at least this long run one per forward: on CPU a padded batch takes sdpa's masked path,
+# 2-4x slower per token at T = 1024 than one unpadded sequence (SmolLM2-135M, 2 threads, measured).
+SOLO_LEN = 384
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class IndexBuildConfig:
     pca: int | None = None  # project keys to this many dimensions (z-score + PCA), None = keep H
     max_tokens: int | None = None  # stop reading the corpus after this many (new) tokens
     index_type: str = "auto"  # auto | flat | hnsw | ivf | ivfpq (ann.py)
-    batch_tokens: int = 4096  # tokens per forward (batch size x padded window length)
+    batch_tokens: int = 4096  # tokens per forward when packing short windows (batch size x padded length)
     window: int = 1024  # longest sequence fed at once
     overlap: int = 256  # context carried into the next window of a long document
     append: bool = False  # add the corpus to an existing index at the output folder
@@ -131,8 +135,10 @@ def _windows(offsets: np.ndarray, first_doc: int, window: int, overlap: int) -> 
             s += stride
 
 
-def _batches(windows: Iterator[tuple[int, int, int]], batch_tokens: int, pool: int = 256) -> Iterator[list[tuple[int, int, int]]]:
-    """Group windows into batches with batch size x longest length <= batch_tokens (length-sorted pools)."""
+def _batches(windows: Iterator[tuple[int, int, int]], batch_tokens: int, pool: int = 256,
+             solo_len: int = SOLO_LEN) -> Iterator[list[tuple[int, int, int]]]:
+    """Group windows into batches: windows of `solo_len` tokens or more run alone (no padding mask),
+    shorter ones are packed, length-sorted, so that batch size x longest length <= batch_tokens."""
     buf: list[tuple[int, int, int]] = []
 
     def flush(items: list[tuple[int, int, int]]) -> Iterator[list[tuple[int, int, int]]]:
@@ -147,6 +153,9 @@ def _batches(windows: Iterator[tuple[int, int, int]], batch_tokens: int, pool: i
             yield batch
 
     for w in windows:
+        if w[1] >= solo_len:
+            yield [w]
+            continue
         buf.append(w)
         if len(buf) >= pool:
             yield from flush(buf)
@@ -156,8 +165,8 @@ def _batches(windows: Iterator[tuple[int, int, int]], batch_tokens: int, pool: i
 
 
 @torch.inference_mode()
-def hidden_states(model: Any, ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
-    """Hidden states [B, T, H] at `layer` for right-padded `ids` [B, T] with attention `mask` [B, T]."""
+def hidden_states(model: Any, ids: torch.Tensor, mask: torch.Tensor | None, layer: int) -> torch.Tensor:
+    """Hidden states [B, T, H] at `layer` for right-padded `ids` [B, T] with attention `mask` [B, T] (None: no padding)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     if decoder is not None and decoder is not model:
         out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=layer >= 0, use_cache=False)
@@ -179,12 +188,29 @@ def _embed(model: Any, tokens: np.ndarray, offsets: np.ndarray, first_doc: int, 
         for b, (start, length, _) in enumerate(batch):
             ids[b, :length] = torch.from_numpy(np.asarray(tokens[start: start + length], dtype=np.int64))
             mask[b, :length] = 1
-        hs = hidden_states(model, ids, mask, cfg.layer).float()  # [B, T, H]
+        # No mask when nothing is padded: the causal fast path (a padded mask costs 2x at T=1024 on CPU).
+        hs = hidden_states(model, ids, None if bool(mask.all()) else mask, cfg.layer).float()  # [B, T, H]
         for b, (start, length, key_from) in enumerate(batch):
             sink(start + key_from, hs[b, key_from:length].numpy())
             done += length - key_from
         if progress:
             progress(done, total)
+
+
+@contextmanager
+def _standard_attention(model: Any) -> Iterator[None]:
+    """Run with HF's sdpa attention when the decode loop switched the model to specgen's tree
+    attention (which refuses padded batches); restore the loop's choice afterwards."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    switch = isinstance(impl, str) and impl.startswith("specgen") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(impl)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -297,7 +323,8 @@ def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, 
     if old:
         old_keys = np.load(out / "keys.npy", mmap_mode="r")  # [N_old, d]
         for a in range(0, n_old, _CHUNK_ROWS):
-            keys[a: a + _CHUNK_ROWS] = old_keys[a: a + _CHUNK_ROWS]
+            b = min(n_old, a + _CHUNK_ROWS)
+            keys[a:b] = old_keys[a:b]
     fit_later = cfg.pca is not None and projection is None
     staging = _save_npy(tmp / "raw_keys.npy", (n, hidden_size), np.float16) if fit_later else keys  # [N, H] or [N, d]
 
@@ -308,7 +335,8 @@ def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, 
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        _embed(model, tokens, offsets, d_old, cfg, sink, progress, n_new)
+        with _standard_attention(model):
+            _embed(model, tokens, offsets, d_old, cfg, sink, progress, n_new)
     finally:
         model.train(was_training)
     model_s = time.perf_counter() - t_model

@@ -111,9 +111,23 @@ def sample_steps(draft: Any, context_ids: list[int], cfg: SpecGuardConfig, max_n
     return steps, torch.stack(vectors)  # [k, d]
 
 
+_LOOKAHEAD = "A"
+
+
 def step_to_target_ids(step: DraftStep, target: Any) -> list[int]:
-    """Target token ids of a draft step (text re-tokenized; the target's EOS appended when the draft ended)."""
-    ids = [int(t) for t in target.tokenizer(step.text, add_special_tokens=False)["input_ids"]]
+    """Target token ids of a draft step (text re-tokenized; the target's EOS appended when the draft ended).
+
+    Seam: a BPE tokenizer splits a trailing "\n\n" differently when text follows ("\n", "\n" before
+    a word, one "\n\n" token at the very end). Steps are tokenized with a one-letter lookahead that
+    is then dropped, so the ids match the tokenization of the joined text when the next step starts
+    with a word (falls back to the plain tokenization when the lookahead does not split off cleanly).
+    """
+    tok = target.tokenizer
+    ids = [int(t) for t in tok(step.text + _LOOKAHEAD, add_special_tokens=False)["input_ids"]]
+    if not (ids and tok.decode(ids[-1:]) == _LOOKAHEAD and tok.decode(ids[:-1]) == step.text) or step.eos:
+        ids = [int(t) for t in tok(step.text, add_special_tokens=False)["input_ids"]]
+    else:
+        ids = ids[:-1]
     if step.eos and target.tokenizer.eos_token_id is not None:
         ids.append(int(target.tokenizer.eos_token_id))
     return ids

@@ -4,15 +4,25 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _tiny import stdlib_sources, tiny_model, tiny_tokenizer  # noqa: E402
 
 from specgen.datastore import IndexBuildConfig, build_index  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers stall."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

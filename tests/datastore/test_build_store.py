@@ -120,7 +120,7 @@ def test_append_with_mismatched_settings(small_corpus: Path, tmp_path: Path, tok
     cfg = IndexBuildConfig(window=256, overlap=64, batch_tokens=1024, append=True, **change)
     with pytest.raises(SpecgenError, match="cannot append"):
         build_index(model, tok, small_corpus, out, cfg)
-    other = tiny_model(len(tok), seed=1)
+    other = tiny_model(len(tok), seed=1, layers=3)  # identity = config + tokenizer hashes
     with pytest.raises(SpecgenError, match="another model"):
         build_index(other, tok, small_corpus, out, IndexBuildConfig(append=True))
     SemanticIndex.load(out)  # untouched
@@ -147,7 +147,7 @@ def test_bad_index_folders(small_corpus: Path, tmp_path: Path, tok: Any, model: 
         SemanticIndex.load(tmp_path / "partial")
     out = tmp_path / "idx"
     build_index(model, tok, small_corpus, out, SMALL)
-    other = identity_of(tiny_model(len(tok), seed=3), tok)
+    other = identity_of(tiny_model(len(tok), seed=3, layers=3), tok)
     with pytest.raises(SpecgenError, match="another model"):
         SemanticIndex.load(out, expected_identity=other)
     for name, damage in [("values.npy", "truncate"), ("sa.npy", "delete"), ("manifest.json", "garbage"),

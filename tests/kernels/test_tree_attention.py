@@ -28,7 +28,8 @@ def random_parents(kind: str, n: int, gen: torch.Generator) -> list[int]:
         elif kind == "star":
             parents.append(0)
         elif kind == "deep":  # mostly extends the newest node, sometimes branches back
-            parents.append(i - 1 if torch.rand(1, generator=gen).item() < 0.8 else int(torch.randint(0, i, (1,), generator=gen)))
+            extend = torch.rand(1, generator=gen).item() < 0.8
+            parents.append(i - 1 if extend else int(torch.randint(0, i, (1,), generator=gen)))
         elif kind == "wide":  # many siblings under the first few nodes, several roots
             parents.append(int(torch.randint(-1, min(i, 3), (1,), generator=gen)))
         else:  # uniform random tree

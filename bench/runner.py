@@ -1,0 +1,352 @@
+"""`run_bench`: every method on the same prompts in one run, `ar` included, records per turn.
+
+Protocol (DESIGN.md section 6): greedy by default, batch 1, warm-up before timing, the same model
+and prompts for every method, `ar` measured in the same run. Questions are the outer loop and
+methods the inner one, so slow drift of a shared machine's load hits every method alike.
+
+With an output folder, each finished (method, question) is appended to `records.jsonl` as soon as
+it completes, and a rerun with the same settings skips it (resume). The generate function is
+injectable (`generate_fn`) so the runner can be tested without a model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import SpecgenError
+from .humaneval import check_completion
+from .suites import Question, gsm8k_answer, load_suite, normalise_number
+
+DEFAULT_METHODS = ("ar", "pld", "sd", "rest", "sense")
+INDEX_METHODS = ("rest", "sense")  # methods that read a datastore
+INDEX_REQUIRED = ("rest",)  # ... and cannot run without one (sense falls back to the live context)
+INDEX_FIELDS = ("index", "index_path", "index_dir")
+RECORDS_FILE = "records.jsonl"
+RUN_FILE = "run.json"
+WARMUP_MAX_TOKENS = 16
+
+Record = dict[str, Any]
+GenerateFn = Callable[..., Any]  # (target, prompt_ids, *, method, gen, method_config, draft) -> GenerationResult
+PeerFn = Callable[..., Any]  # (bundle, name, prompt_ids, max_new_tokens, stop=...) -> peers.PeerResult
+ProgressFn = Callable[[int, int, str], None]  # (done, total, what is running now)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything one benchmark run depends on; `methods=None` = the defaults that can run."""
+
+    suite: str = "spec-bench"
+    methods: tuple[str, ...] | None = None
+    limit: int | None = 1
+    model: str | None = None
+    dtype: str = "float32"
+    max_new_tokens: int = 64
+    peers: bool = False
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    index: str | None = None
+    out_dir: str | None = None  # resumable records + issue-6 layout
+    warmup: int = 1
+    seed: int = 0
+    temperature: float = 0.0
+    turns: int = 1  # 1 = first turn only (v1); 2+ = multi-turn, the answer to turn 1 carried into turn 2
+    budgets: tuple[int, ...] = ()  # node-budget sweep for the drafting methods
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SpecgenError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.warmup < 0:
+            raise SpecgenError(f"warmup must be >= 0, got {self.warmup}")
+        if self.turns < 1:
+            raise SpecgenError(f"turns must be >= 1, got {self.turns}")
+        if any(b < 1 for b in self.budgets):
+            raise SpecgenError(f"budgets must be >= 1, got {', '.join(map(str, self.budgets))}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the stored records."""
+        return {"suite": self.suite, "model": self.model, "dtype": self.dtype, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "seed": self.seed, "turns": self.turns}
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One column of the benchmark: a method (or peer) with its config and tree budget."""
+
+    label: str
+    method: str
+    config: Any = None
+    budget: int | None = None
+    peer: bool = False
+    lossless: bool = True
+
+
+@dataclass
+class BenchResult:
+    """Records of the run (resumed ones included), the metrics, notes, environment."""
+
+    config: BenchConfig
+    runs: list[MethodRun]
+    records: list[Record]
+    metrics: dict[str, Any]
+    notes: list[str]
+    environment: dict[str, Any]
+    model_name: str
+
+
+def plan_methods(config: BenchConfig) -> tuple[list[MethodRun], list[str]]:
+    """Resolve names to runs: `ar` first, configs from `method_options`, unusable defaults skipped."""
+    from ..proposers.registry import available_methods, get_method, make_config
+
+    notes: list[str] = []
+    explicit = config.methods is not None
+    names = list(dict.fromkeys(["ar", *(config.methods or DEFAULT_METHODS)]))
+    known = set(available_methods())
+    unknown_opts = set(config.method_options) - set(names)
+    if unknown_opts:
+        raise SpecgenError(f"method config has sections for methods not run: {', '.join(sorted(unknown_opts))}")
+    runs: list[MethodRun] = []
+    for name in names:
+        if name not in known:
+            if explicit:
+                get_method(name)  # raises the one-line "unknown method" error
+            notes.append(f"skipped {name}: not available in this build")
+            continue
+        options = _flatten(config.method_options.get(name, {}))
+        cls = get_method(name).config_cls if name != "specguard" else None
+        fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+        key = next((k for k in INDEX_FIELDS if k in fields), None)
+        if key is not None and options.get(key) is None and config.index is not None:
+            options[key] = config.index
+        if name in INDEX_METHODS and key is None:
+            notes.append(f"{name}: its config has no index field, so --index was not passed to it")
+        elif name in INDEX_METHODS and options.get(key) is None:
+            if name in INDEX_REQUIRED:
+                notes.append(f"skipped {name}: needs a datastore (--index DIR, built with `specgen build-index`)")
+                continue
+            notes.append(f"{name} runs on the live context only (no --index)")
+        cfg = make_config(name, options)
+        lossless = get_method(name).lossless if name != "specguard" else False
+        if getattr(getattr(cfg, "gate", None), "enabled", False):
+            lossless = False
+        if name == "ar" or not config.budgets:
+            runs.append(MethodRun(name, name, cfg, None, False, lossless))
+        else:
+            runs += [MethodRun(f"{name}@{b}", name, cfg, b, False, lossless) for b in config.budgets]
+    if config.peers:
+        from .peers import PEERS
+
+        if config.temperature != 0.0:
+            raise SpecgenError("--peers runs HF generate greedy: use --temperature 0 with --peers")
+        runs += [MethodRun(p, p, None, None, True, True) for p in PEERS]
+    return runs, notes
+
+
+def _flatten(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Method-config keys for make_config: a nested mapping `gate: {enabled: true}` -> `gate_enabled`."""
+    flat: dict[str, Any] = {}
+    for k, v in options.items():
+        if isinstance(v, Mapping):
+            flat.update({f"{k}_{sub}": sv for sub, sv in v.items()})
+        else:
+            flat[k] = v
+    return flat
+
+
+def chat_ids(tokenizer: Any, question: Question, answers: list[str], turn: int) -> list[int]:
+    """Prompt ids of `turn`: the question's turns up to it, with this method's earlier answers between."""
+    from ..generate import encode_prompt
+
+    if turn == 0 or question.raw:
+        return encode_prompt(tokenizer, question.turns[0], raw=question.raw)
+    if not getattr(tokenizer, "chat_template", None):
+        text = "\n\n".join(p for pair in zip(question.turns[:turn], answers) for p in pair) + "\n\n" + question.turns[turn]
+        return encode_prompt(tokenizer, text, raw=True)
+    messages: list[dict[str, str]] = []
+    for i in range(turn):
+        messages += [{"role": "user", "content": question.turns[i]}, {"role": "assistant", "content": answers[i]}]
+    messages.append({"role": "user", "content": question.turns[turn]})
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def task_quality(question: Question, text: str, turn: int) -> dict[str, Any]:
+    """GSM8K correctness and HumanEval pass (first turn only); None where they do not apply."""
+    out: dict[str, Any] = {"correct": None, "passed": None}
+    if turn == 0 and question.reference is not None:
+        got = gsm8k_answer(text)
+        if got is None:
+            nums = [normalise_number(m) for m in text.replace(",", "").split()]
+            got = next((n for n in reversed(nums) if n is not None), None)
+        out["correct"] = got == normalise_number(question.reference)
+    if turn == 0 and question.test is not None and question.entry_point is not None:
+        out["passed"] = check_completion(question.turns[0], text, question.test, question.entry_point).passed
+    return out
+
+
+def make_record(run: MethodRun, question: Question, turn: int, result: Any, model_name: str) -> Record:
+    """The record of one turn from a GenerationResult (ours) or a PeerResult (peers)."""
+    base = {"method": run.label, "base_method": run.method, "budget": run.budget, "peer": run.peer,
+            "lossless": run.lossless, "question_id": question.question_id, "category": question.category,
+            "turn": turn, "model_id": model_name}
+    if run.peer:
+        n = len(result.token_ids)
+        base.update(new_tokens=n, wall_time=result.wall_s, steps=result.steps, accept_lengths=None, drafted=None,
+                    accepted=None, position_drafted=[], position_accepted=[], prefill_s=None, propose_s=None,
+                    verify_s=None, accept_s=None, token_ids=list(result.token_ids), text=result.text,
+                    finish_reason=result.finish_reason)
+    else:
+        s = result.stats
+        base.update(new_tokens=s.new_tokens, wall_time=s.wall_s, steps=s.steps, accept_lengths=list(s.accept_lengths),
+                    drafted=s.drafted, accepted=s.accepted, position_drafted=list(s.position_drafted),
+                    position_accepted=list(s.position_accepted), prefill_s=s.prefill_s, propose_s=s.propose_s,
+                    verify_s=s.verify_s, accept_s=s.accept_s, token_ids=list(result.token_ids), text=result.text,
+                    finish_reason=result.finish_reason)
+    base["tokens_per_s"] = base["new_tokens"] / base["wall_time"] if base["wall_time"] > 0 else 0.0
+    base.update(task_quality(question, base["text"], turn))
+    return base
+
+
+def _mark_vs_ar(rec: Record, ar: Record | None) -> None:
+    rec["identical_to_ar"] = None if ar is None else rec["token_ids"] == ar["token_ids"]
+    rec["exact_match_ar"] = None if ar is None else rec["text"].strip() == ar["text"].strip()
+
+
+class RecordStore:
+    """Append-only JSONL of finished (method, question) groups in an output folder; resume index."""
+
+    def __init__(self, out_dir: str | None, fingerprint: dict[str, Any]) -> None:
+        self.path = Path(out_dir) / RECORDS_FILE if out_dir else None
+        self.done: dict[tuple[str, str], list[Record]] = {}
+        if self.path is None:
+            return
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise SpecgenError(f"--out {folder} exists and is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        run_file = folder / RUN_FILE
+        if run_file.is_file():
+            stored = json.loads(run_file.read_text(encoding="utf-8"))
+            if stored != fingerprint:
+                diff = ", ".join(f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if stored.get(k) != v)
+                raise SpecgenError(f"{folder} holds a run with other settings ({diff}); use another --out")
+        else:
+            run_file.write_text(json.dumps(fingerprint, indent=2) + "\n", encoding="utf-8")
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    group = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interrupted write: redo that group
+                if group.get("records"):
+                    self.done[(group["method"], str(group["question_id"]))] = group["records"]
+
+    def get(self, label: str, question_id: str) -> list[Record] | None:
+        return self.done.get((label, question_id))
+
+    def add(self, label: str, question_id: str, records: list[Record]) -> None:
+        self.done[(label, question_id)] = records
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"method": label, "question_id": question_id, "records": records}) + "\n")
+                fh.flush()
+
+
+def _default_generate(target: Any, prompt_ids: list[int], **kw: Any) -> Any:
+    from ..generate import generate
+
+    return generate(target, prompt_ids, **kw)
+
+
+def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle: Any = None,
+              generate_fn: GenerateFn | None = None, peer_fn: PeerFn | None = None,
+              questions: list[Question] | None = None) -> BenchResult:
+    """Run the benchmark of `config`; `progress(done, total, label)` after each (method, question).
+
+    `bundle` (a loaded ModelBundle), `generate_fn`, `peer_fn` and `questions` replace what the
+    config would load: tests inject fakes through them.
+    """
+    from ..config import GenerationConfig, SamplingConfig
+    from .report import environment
+    from .metrics import summarize
+
+    progress = progress or (lambda *_: None)
+    questions = questions if questions is not None else load_suite(config.suite, config.limit)
+    runs, notes = plan_methods(config)
+    store = RecordStore(config.out_dir, config.fingerprint())
+    if bundle is None:
+        import torch
+
+        from ..models import load_model
+
+        torch.manual_seed(config.seed)
+        bundle = load_model(config.model, config.dtype)
+    random.seed(config.seed)
+    generate_fn = generate_fn or _default_generate
+    if peer_fn is None:
+        from .peers import run_peer as peer_fn  # type: ignore[assignment]
+    sampling = SamplingConfig(temperature=config.temperature, seed=config.seed)
+    drafts = _preload_drafts(bundle, runs)
+    model_name = getattr(bundle, "name", str(config.model))
+
+    def call(run: MethodRun, ids: list[int], max_new: int, stop: tuple[str, ...] = ()) -> Any:
+        if run.peer:
+            return peer_fn(bundle, run.method, ids, max_new, stop=stop)
+        gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop=stop,
+                               **({"node_budget": run.budget} if run.budget else {}))
+        return generate_fn(bundle, ids, method=run.method, gen=gen, method_config=run.config,
+                           draft=drafts.get(run.label))
+
+    total = len(runs) * len(questions)
+    todo = [(r, q) for q in questions for r in runs if store.get(r.label, q.question_id) is None]
+    if todo and config.warmup:
+        progress(0, total, "warm-up")
+        ids = chat_ids(bundle.tokenizer, todo[0][1], [], 0)
+        for run in runs:
+            for _ in range(config.warmup):
+                call(run, ids, min(config.max_new_tokens, WARMUP_MAX_TOKENS))
+    done = 0
+    for q in questions:
+        ar_group = store.get("ar", q.question_id)
+        for run in runs:
+            progress(done, total, f"{run.label} · {q.category} · {q.question_id}")
+            group = store.get(run.label, q.question_id)
+            if group is None:
+                group, answers = [], []
+                for turn in range(min(config.turns, len(q.turns))):
+                    ids = chat_ids(bundle.tokenizer, q, answers, turn)
+                    rec = make_record(run, q, turn, call(run, ids, config.max_new_tokens, q.stop), model_name)
+                    ar_rec = rec if run.label == "ar" else (ar_group[turn] if ar_group and turn < len(ar_group) else None)
+                    _mark_vs_ar(rec, ar_rec)
+                    group.append(rec)
+                    answers.append(rec["text"])
+                store.add(run.label, q.question_id, group)
+            if run.label == "ar":
+                ar_group = group
+            done += 1
+            progress(done, total, f"{run.label} · {q.category} · {q.question_id}")
+    records = [rec for q in questions for r in runs for rec in (store.get(r.label, q.question_id) or [])]
+    env = environment(config.seed)
+    return BenchResult(config, runs, records, summarize(records), notes, env, model_name)
+
+
+def _preload_drafts(bundle: Any, runs: list[MethodRun]) -> dict[str, Any]:
+    """Load each separate draft model once (a `draft_model` in a method config), keyed by run label."""
+    drafts: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
+    for run in runs:
+        name = getattr(run.config, "draft_model", None)
+        if name and hasattr(bundle, "model"):
+            from ..models import load_model
+
+            if name not in loaded:
+                loaded[name] = load_model(name, str(bundle.model.dtype).removeprefix("torch."))
+                if loaded[name].tokenizer.get_vocab() != bundle.tokenizer.get_vocab():
+                    raise SpecgenError(f"draft model {name}: its tokenizer differs from the target's")
+            drafts[run.label] = loaded[name]
+    return drafts

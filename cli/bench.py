@@ -1,0 +1,140 @@
+"""`specgen bench`: thin wrapper over `specgen.bench` (parse -> BenchConfig -> run_bench -> render).
+
+`specgen bench` with no option runs Spec-Bench, one question per category, `ar,pld,sd` (plus
+`rest,sense` when an index is given) with 64 new tokens. Subcommands: `compare A B` (deltas of two
+summaries) and `kernels` (the kernel micro-benchmark). A SpecgenError propagates to the main
+group, which prints it as one line and exits 2.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from specgen.errors import SpecgenError
+
+bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                        help="Benchmark methods on Spec-Bench, MT-bench, HumanEval, GSM8K or a JSONL (DESIGN.md section 6).")
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise SpecgenError("empty list")
+    return items
+
+
+def _budgets(value: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _csv(value) or ())
+    except ValueError:
+        raise SpecgenError(f"--budgets takes integers like 4,8,16, got '{value}'") from None
+
+
+def read_method_config(path: Path | None) -> dict[str, dict[str, Any]]:
+    """`--method-config FILE`: YAML or JSON, one mapping per method of config field names."""
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecgenError(f"cannot read method config {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError: one line, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecgenError(f"method config {path}: {first}") from None
+    data = data or {}
+    if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
+        raise SpecgenError(f"method config {path}: expected one mapping per method, e.g. 'pld: {{num_draft: 8}}'")
+    return {str(k): dict(v or {}) for k, v in data.items()}
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    suite: str = typer.Option("spec-bench", "--suite", help="spec-bench | mt-bench | humaneval | gsm8k | path to a JSONL "
+                                                            "with 'turns', 'prompt' or 'question'."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: ar,pld,sd,rest,sense, "
+                                                                 "those usable here); ar is always added."),
+    limit: Optional[int] = typer.Option(1, "--limit", help="Questions per category (0 = all)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="New tokens per turn."),
+    peers: bool = typer.Option(False, "--peers", help="Also run HF transformers generate: plain, prompt lookup, early exit."),
+    method_config: Optional[Path] = typer.Option(None, "--method-config", help="YAML/JSON: one section per method, keys = config fields."),
+    index: Optional[str] = typer.Option(None, "--index", help="Datastore folder for rest/sense (`specgen build-index`)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="X.json: one JSON of all records; a folder: Spec-Bench JSONL, "
+                                                          "summary.json, plots (and resume: finished prompts are skipped)."),
+    warmup: int = typer.Option(1, "--warmup", help="Warm-up generations per method before timing."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (the protocol's default)."),
+    turns: int = typer.Option(1, "--turns", help="Turns per question: 1 = first only; 2 = multi-turn (answer 1 carried into turn 2)."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="Tree node-budget sweep for drafting methods, e.g. 4,8,16."),
+    per_category: bool = typer.Option(True, "--per-category/--overall-only", help="Print a table per category."),
+) -> None:
+    """Run the benchmark (when no subcommand is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from specgen.bench.report import result_tables, write_outputs
+    from specgen.bench.runner import BenchConfig, run_bench
+
+    out_dir = str(out) if out is not None and not str(out).endswith(".json") else None
+    config = BenchConfig(suite=suite, methods=_csv(methods), limit=limit or None, model=model, dtype=dtype,
+                         max_new_tokens=max_new_tokens, peers=peers, method_options=read_method_config(method_config),
+                         index=index, out_dir=out_dir, warmup=warmup, seed=seed, temperature=temperature, turns=turns,
+                         budgets=_budgets(budgets))
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        result = run_bench(config, progress=progress)
+    stdout = Console()
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    for table in result_tables(result.metrics, per_category=per_category):
+        stdout.print(table)
+    if out is not None:
+        for path in write_outputs(result, out):
+            console.print(f"wrote {path}")
+
+
+@bench_app.command("compare")
+def compare(a: Path = typer.Argument(..., help="summary.json, a --out X.json, or an --out folder."),
+            b: Path = typer.Argument(..., help="The same, for the run to compare with A.")) -> None:
+    """Per-method deltas (B - A) of two benchmark summaries."""
+    from rich.console import Console
+
+    from specgen.bench.report import compare_table, load_summary
+
+    Console().print(compare_table(load_summary(a), load_summary(b), str(a), str(b)))
+
+
+@bench_app.command("kernels")
+def kernels(device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+            json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here.")) -> None:
+    """Kernel micro-benchmark: Triton kernels vs torch references vs the usual baselines."""
+    from rich.console import Console
+
+    from specgen.bench.kernels import render_kernel_bench, run_kernel_bench
+
+    result = run_kernel_bench(device)
+    Console().print(render_kernel_bench(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")

@@ -1,0 +1,139 @@
+"""`sense`: drafts from hidden-state neighbours (our reading of SENSE, DESIGN.md section 2; cf. DReSD).
+
+Query = the target's hidden state at the last committed position (the one that predicted the
+pending token), free from verification. Two sources of neighbours, each optional:
+
+- the datastore (`--index`): top-k keys by inner product of L2-normalised (and, if the index has
+  one, PCA-projected) hidden states; a key's value is the L tokens that followed it;
+- the live context: the hidden states of every committed position (prompt + output), which the
+  loop keeps when `wants_context_hidden`; position j's continuation is what followed it.
+
+A neighbour is kept only when its similarity reaches the floor and the token that followed it
+equals the pending token; it then drafts the tokens after that one. Identical drafts merge with
+summed (source-weighted) similarity, and the loop's trie sums them again per node, so a node's
+score is the total similarity of the evidence through it. When the best candidate's score stays
+under `min_score` nothing is drafted (a plain step). The soft gate itself lives in the loop's
+accept step (`SoftGateConfig`, `gate` below); `gate.enabled=False` keeps `sense` lossless.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import SoftGateConfig
+from ..datastore.store import SemanticIndex
+from ..errors import SpecgenError
+from .base import Candidates, Proposer, ProposeContext
+from .registry import register_method
+from .rest import target_identity
+
+
+@dataclass(frozen=True)
+class SenseConfig:
+    """SENSE retrieval options; each default is our reading (DESIGN.md section 2), to be tuned by the bench."""
+
+    index: str | None = None  # datastore folder; None = the live context only
+    use_datastore: bool = True  # search the index (when one is given)
+    use_context: bool = True  # search the live context's hidden states
+    k: int = 16  # datastore neighbours per step
+    context_k: int = 16  # context neighbours per step (among positions followed by the pending token)
+    min_similarity: float = 0.5  # cosine floor for a neighbour (0.8 in DESIGN's simulation: fewer, better nodes)
+    datastore_weight: float = 1.0  # multiplies datastore similarities in the merged scores
+    context_weight: float = 1.0  # multiplies context similarities
+    min_score: float = 0.0  # draft nothing when the best merged candidate scores below this
+    max_draft_len: int = 15  # tokens per candidate (datastore: at most continuation_len - 1)
+    max_candidates: int = 32  # candidates handed to the trie, best first
+    layer: int = -1  # hidden layer without an index (with one, the index's layer is used)
+    gate: SoftGateConfig = field(default_factory=SoftGateConfig)
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.context_k < 1 or self.max_draft_len < 1 or self.max_candidates < 1:
+            raise SpecgenError("sense: k, context-k, max-draft-len and max-candidates must be >= 1")
+        if not -1.0 <= self.min_similarity <= 1.0:
+            raise SpecgenError(f"sense: min-similarity must be in [-1, 1], got {self.min_similarity}")
+        if not (self.use_datastore or self.use_context):
+            raise SpecgenError("sense: turn on at least one source (datastore or context)")
+        if self.layer < -1:
+            raise SpecgenError(f"sense: layer must be >= -1, got {self.layer}")
+
+
+class SenseProposer(Proposer):
+    """kNN over target hidden states in the datastore and the live context, merged into one candidate set."""
+
+    name = "sense"
+
+    def __init__(self, cfg: SenseConfig, index: SemanticIndex | None) -> None:
+        self.cfg = cfg
+        self.index = index if cfg.use_datastore else None
+        self.hidden_layer = index.layer if index is not None else cfg.layer
+        self.wants_context_hidden = cfg.use_context
+        if self.index is None and not cfg.use_context:
+            raise SpecgenError("sense: the datastore is off or missing and the context search is off: nothing to draft from")
+
+    def _from_datastore(self, query: torch.Tensor, pending: int, merged: dict[tuple[int, ...], float], length: int) -> None:
+        assert self.index is not None
+        scores, ids = self.index.search(query.view(1, -1), k=self.cfg.k)  # [1, k], [1, k]
+        conts = self.index.continuations(ids[0])  # [k, L]
+        for score, cont in zip(scores[0].tolist(), conts):
+            if score < self.cfg.min_similarity or int(cont[0]) != pending:
+                continue
+            draft = cont[1: 1 + length]  # [<= L - 1]
+            end = np.flatnonzero(draft < 0)
+            if end.size:
+                draft = draft[: int(end[0])]
+            if draft.size:
+                key = tuple(int(t) for t in draft)
+                merged[key] += self.cfg.datastore_weight * score
+
+    def _from_context(self, query: torch.Tensor, hidden: torch.Tensor, tokens: list[int],
+                      merged: dict[tuple[int, ...], float], length: int) -> None:
+        n = hidden.shape[0]  # positions with KV: tokens[:n]; tokens[n] is pending
+        toks = np.asarray(tokens, dtype=np.int64)  # [n + 1]
+        # positions j (< n - 1: the query's own position is excluded) followed by the pending token
+        cand = np.flatnonzero(toks[1:n] == toks[n])  # [c]
+        if cand.size == 0:
+            return
+        rows = hidden[torch.from_numpy(cand)].float()  # [c, H]
+        sims = torch.nn.functional.normalize(rows, dim=-1) @ torch.nn.functional.normalize(query.float(), dim=0)  # [c]
+        top = torch.topk(sims, min(self.cfg.context_k, int(sims.shape[0])))
+        for sim, i in zip(top.values.tolist(), top.indices.tolist()):
+            if sim < self.cfg.min_similarity:
+                break
+            j = int(cand[i])
+            draft = toks[j + 2: j + 2 + length]
+            if draft.size:
+                merged[tuple(int(t) for t in draft)] += self.cfg.context_weight * sim
+
+    def propose(self, ctx: ProposeContext) -> Candidates:
+        length = min(self.cfg.max_draft_len, ctx.budget)
+        if length <= 0 or ctx.hidden is None:
+            return Candidates()
+        query = ctx.hidden.detach().float().reshape(-1)  # [H]
+        pending = int(ctx.tokens[-1])
+        merged: dict[tuple[int, ...], float] = defaultdict(float)
+        if self.index is not None:
+            self._from_datastore(query, pending, merged, length)
+        if self.cfg.use_context and ctx.context_hidden is not None and ctx.context_hidden.shape[0] > 1:
+            self._from_context(query, ctx.context_hidden, ctx.tokens, merged, length)
+        ranked = sorted(merged.items(), key=lambda kv: -kv[1])[: self.cfg.max_candidates]
+        if not ranked or ranked[0][1] < self.cfg.min_score:
+            return Candidates()
+        return Candidates([list(seq) for seq, _ in ranked], [score for _, score in ranked])
+
+
+@register_method("sense", SenseConfig, lossless=True,
+                 summary="SENSE: hidden-state kNN in datastore and live context (lossless unless --gate on)")
+def make_sense(target: Any, cfg: SenseConfig, draft: Any = None) -> Proposer:
+    index = None
+    if cfg.index and cfg.use_datastore:
+        index = SemanticIndex.load_cached(cfg.index, expected_identity=target_identity(target))
+        hidden = getattr(getattr(getattr(target, "model", None), "config", None), "hidden_size", None)
+        if hidden is not None and int(hidden) != index.manifest.hidden_size:
+            raise SpecgenError(f"index {cfg.index} holds hidden size {index.manifest.hidden_size}, the model has {hidden}")
+    elif cfg.use_datastore and not cfg.use_context:
+        raise SpecgenError("method 'sense' without the context search needs --index: build one with `specgen build-index CORPUS`")
+    return SenseProposer(cfg, index)

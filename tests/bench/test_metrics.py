@@ -1,0 +1,82 @@
+"""Metric formulas on hand-made records (no model)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from specgen.bench.metrics import OVERALL, compare_summaries, per_position_acceptance, summarize, tau
+
+
+def rec(method: str, qid: str, cat: str, new: int, wall: float, **kw: Any) -> dict[str, Any]:
+    base = {"method": method, "question_id": qid, "category": cat, "turn": 0, "new_tokens": new, "wall_time": wall,
+            "accept_lengths": [1] * (new - 1), "steps": new - 1, "drafted": 0, "accepted": 0,
+            "position_drafted": [], "position_accepted": [], "identical_to_ar": True, "exact_match_ar": True,
+            "correct": None, "passed": None, "prefill_s": 0.1, "propose_s": 0.0, "verify_s": 0.5, "accept_s": 0.1}
+    base.update(kw)
+    return base
+
+
+def test_tau_counts_the_bonus_token_and_ar_is_one() -> None:
+    assert tau([rec("ar", "1", "a", 11, 1.0)]) == 1.0
+    # steps emitting 3, 1, 2 tokens (accepted drafts + bonus): tau = 6 / 3
+    assert tau([rec("pld", "1", "a", 7, 1.0, accept_lengths=[3, 1, 2])]) == pytest.approx(2.0)
+    # pooled over records, not averaged per record: (4 + 1 + 1 + 1 + 1) / 5
+    assert tau([rec("pld", "1", "a", 5, 1.0, accept_lengths=[4]), rec("pld", "2", "a", 5, 1.0, accept_lengths=[1] * 4)]) == pytest.approx(8 / 5)
+
+
+def test_tau_of_a_peer_that_only_counts_steps() -> None:
+    assert tau([rec("hf-pld", "1", "a", 9, 1.0, accept_lengths=None, steps=4)]) == pytest.approx(2.0)
+    assert tau([rec("hf-x", "1", "a", 9, 1.0, accept_lengths=None, steps=None)]) is None
+
+
+def test_per_position_rates_pool_over_steps() -> None:
+    r1 = rec("sd", "1", "a", 5, 1.0, position_drafted=[4, 4, 2], position_accepted=[3, 1])
+    r2 = rec("sd", "2", "a", 5, 1.0, position_drafted=[2, 2, 2], position_accepted=[1, 1, 1])
+    assert per_position_acceptance([r1, r2]) == pytest.approx([4 / 6, 2 / 6, 1 / 4])
+
+
+def test_speedup_is_ratio_of_mean_tokens_per_s_and_per_category() -> None:
+    records = [rec("ar", "1", "a", 10, 1.0), rec("ar", "2", "a", 10, 2.0), rec("ar", "3", "b", 10, 1.0),
+               rec("pld", "1", "a", 10, 0.5, drafted=10, accepted=4, accept_lengths=[2, 2, 1, 3, 1]),
+               rec("pld", "2", "a", 10, 1.0, drafted=10, accepted=6, identical_to_ar=False, exact_match_ar=False),
+               rec("pld", "3", "b", 10, 2.0, drafted=0, accepted=0)]
+    m = summarize(records)
+    # category a: ar mean tok/s = (10 + 5) / 2 = 7.5; pld = (20 + 10) / 2 = 15 -> 2.0
+    assert m["ar"]["a"]["tokens_per_s"] == pytest.approx(7.5)
+    assert m["pld"]["a"]["speedup"] == pytest.approx(2.0)
+    assert m["pld"]["b"]["speedup"] == pytest.approx(0.5)
+    # overall: ar (10 + 5 + 10) / 3, pld (20 + 10 + 5) / 3 -> 35 / 25 (ratio of means, not mean of ratios)
+    assert m["pld"][OVERALL]["speedup"] == pytest.approx(35 / 25)
+    assert m["ar"][OVERALL]["speedup"] == pytest.approx(1.0)
+    assert m["ar"][OVERALL]["tau"] == pytest.approx(1.0)
+    assert m["pld"]["a"]["draft_acceptance_rate"] == pytest.approx(0.5)
+    assert m["pld"][OVERALL]["identical_to_ar"] == pytest.approx(2 / 3)
+    assert m["pld"]["a"]["throughput"] == pytest.approx(20 / 1.5)
+    assert list(m["pld"]) == ["a", "b", OVERALL]
+
+
+def test_speedup_uses_ar_on_the_same_prompts_only() -> None:
+    records = [rec("ar", "1", "a", 10, 1.0), rec("ar", "2", "a", 10, 10.0), rec("pld", "1", "a", 10, 0.5)]
+    assert summarize(records)["pld"]["a"]["speedup"] == pytest.approx(2.0)
+
+
+def test_quality_and_time_split() -> None:
+    records = [rec("ar", "1", "g", 10, 1.0, correct=True), rec("ar", "2", "g", 10, 1.0, correct=False),
+               rec("ar", "3", "h", 10, 1.0, passed=True)]
+    m = summarize(records)["ar"]
+    assert m["g"]["gsm8k_accuracy"] == pytest.approx(0.5) and m["g"]["pass_at_1"] is None
+    assert m["h"]["pass_at_1"] == pytest.approx(1.0)
+    split = m[OVERALL]["time_split"]
+    assert split["verify"] == pytest.approx(0.5) and split["overhead"] == pytest.approx(0.3)
+
+
+def test_compare_summaries_deltas() -> None:
+    a = {"metrics": {"ar": {OVERALL: {"tau": 1.0, "tokens_per_s": 10.0, "speedup": 1.0}},
+                     "pld": {OVERALL: {"tau": 1.5, "tokens_per_s": 12.0, "speedup": 1.2}}}}
+    b = {"metrics": {"ar": {OVERALL: {"tau": 1.0, "tokens_per_s": 11.0, "speedup": 1.0}},
+                     "sd": {OVERALL: {"tau": 2.0, "tokens_per_s": 9.0, "speedup": 0.8}}}}
+    rows = {r["method"]: r for r in compare_summaries(a, b)}
+    assert rows["ar"]["tokens_per_s"] == (10.0, 11.0, pytest.approx(1.0))
+    assert rows["pld"]["tau"] == (1.5, None, None)
+    assert rows["sd"]["speedup"] == (None, 0.8, None)

@@ -1,0 +1,104 @@
+"""`rest` and `sense` proposers: candidates from the datastore and the live context; lossless end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from specgen.config import GenerationConfig
+from specgen.datastore import IndexBuildConfig, SemanticIndex, build_index
+from specgen.datastore.build import hidden_states
+from specgen.errors import SpecgenError
+from specgen.models import ModelBundle
+from specgen.proposers.base import ProposeContext
+from specgen.proposers.registry import get_method, make_config
+from specgen.proposers.rest import RESTConfig
+from specgen.proposers.sense import SenseConfig, SenseProposer
+
+
+@pytest.fixture()
+def index(small_corpus: Path, tmp_path: Path, tok: Any, model: Any) -> Path:
+    out = tmp_path / "idx"
+    build_index(model, tok, small_corpus, out, IndexBuildConfig(window=256, overlap=64, batch_tokens=1024))
+    return out
+
+
+def _bundle(model: Any, tok: Any) -> ModelBundle:
+    return ModelBundle(model=model, tokenizer=tok, name="tiny", path=None)
+
+
+def _hidden(model: Any, ids: list[int]) -> torch.Tensor:
+    t = torch.tensor([ids])
+    return hidden_states(model, t, None, -1)[0]  # [T, H]
+
+
+def test_registered_with_cli_option_names() -> None:
+    assert make_config("rest", {"index": "x"}) == RESTConfig(index="x")
+    cfg = make_config("sense", {"index": "x", "gate_enabled": True, "gate_alpha": 0.2})
+    assert cfg.index == "x" and cfg.gate.enabled and cfg.gate.alpha == 0.2
+    assert get_method("sense").lossless and get_method("rest").lossless
+
+
+def test_rest_drafts_the_corpus_continuation(index: Path, tok: Any, model: Any) -> None:
+    idx = SemanticIndex.load(index)
+    tokens = idx.tokens[1000:1040].tolist()
+    proposer = get_method("rest").factory(_bundle(model, tok), RESTConfig(index=str(index)))
+    cands = proposer.propose(ProposeContext(tokens=tokens[:30], prompt_len=20, budget=8))
+    assert len(cands) >= 1 and all(len(s) <= 8 for s in cands.sequences)
+    assert tokens[30:38] in cands.sequences
+    assert cands.scores == sorted(cands.scores, reverse=True)
+    with pytest.raises(SpecgenError, match="needs --index"):
+        get_method("rest").factory(_bundle(model, tok), RESTConfig())
+
+
+def test_sense_datastore_neighbour_drafts_what_followed(index: Path, tok: Any, model: Any) -> None:
+    idx = SemanticIndex.load(index)
+    doc = idx.tokens[:200].tolist()
+    t = 120  # committed up to t; doc[t + 1] is the pending token
+    hs = _hidden(model, doc[: t + 1])  # [t + 1, H]
+    proposer = get_method("sense").factory(_bundle(model, tok), SenseConfig(index=str(index), use_context=False))
+    assert proposer.hidden_layer == -1 and not proposer.wants_context_hidden
+    cands = proposer.propose(ProposeContext(tokens=doc[: t + 2], prompt_len=10, budget=6, hidden=hs[t]))
+    assert doc[t + 2: t + 8] in cands.sequences
+    # every candidate came from a neighbour followed by the pending token, so none is empty
+    assert all(cands.sequences) and cands.scores == sorted(cands.scores, reverse=True)
+
+
+def test_sense_context_search(tok: Any, model: Any) -> None:
+    ids = tok("def parse_args(self, args=None, namespace=None):\n    return self.parse_known_args(args)\n",
+              add_special_tokens=False)["input_ids"]
+    seq = ids + tok(" # and again: ", add_special_tokens=False)["input_ids"] + ids[:6]
+    hs = _hidden(model, seq[:-1])  # [L, H]: positions with KV; seq[-1] is pending
+    proposer = SenseProposer(SenseConfig(min_similarity=0.0), index=None)
+    assert proposer.wants_context_hidden
+    cands = proposer.propose(ProposeContext(tokens=seq, prompt_len=len(seq) - 1, budget=5, hidden=hs[-1],
+                                            context_hidden=hs))
+    assert cands.sequences[0] == ids[6:11]
+    strict = SenseProposer(SenseConfig(min_similarity=0.0, min_score=1e9), index=None)
+    assert len(strict.propose(ProposeContext(tokens=seq, prompt_len=1, budget=5, hidden=hs[-1], context_hidden=hs))) == 0
+    assert len(proposer.propose(ProposeContext(tokens=seq, prompt_len=1, budget=5, hidden=None))) == 0
+
+
+def test_sense_rejects_a_mismatched_index(index: Path, tok: Any) -> None:
+    from _tiny import tiny_model
+
+    other = tiny_model(len(tok), layers=3)
+    with pytest.raises(SpecgenError, match="another model"):
+        get_method("sense").factory(_bundle(other, tok), SenseConfig(index=str(index)))
+
+
+@pytest.mark.parametrize("method", ["rest", "sense"])
+def test_greedy_output_identical_to_ar(method: str, index: Path, tok: Any, model: Any) -> None:
+    from specgen.generate import generate
+
+    bundle = _bundle(model, tok)
+    idx = SemanticIndex.load(index)
+    prompt = idx.tokens[3000:3040].tolist()
+    gen = GenerationConfig(max_new_tokens=24, stop_at_eos=False)
+    ref = generate(bundle, prompt, method="ar", gen=gen)
+    cfg = RESTConfig(index=str(index)) if method == "rest" else SenseConfig(index=str(index), min_similarity=0.0)
+    got = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
+    assert got.token_ids == ref.token_ids
+    assert got.stats.drafted > 0
