@@ -49,6 +49,7 @@ class SemanticIndex:
         self.doc_offsets = doc_offsets  # [D + 1] int64
         self.projection = projection
         self._suffix: SuffixArray | None = None
+        self._device_keys: torch.Tensor | None = None  # [N, d] keys on the kernel's device, lazily
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -143,7 +144,44 @@ class SemanticIndex:
     def search(self, queries: torch.Tensor | np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` neighbours of raw hidden states [B, H]: (scores [B, k] cosine, ids [B, k]; -inf/-1 pad)."""
         q = self.prepare(queries)  # [B, d]
+        if self._use_kernel(k):
+            return self._kernel_search(q, k)
         return ann.search_index(self.manifest.index["type"], self.index, self.keys, self.manifest.index["params"], q, k)
+
+    def _use_kernel(self, k: int) -> bool:
+        """Exact search through `specgen.kernels.similarity_topk` instead of FAISS?
+
+        `SPECGEN_SEARCH=kernel` forces it (on CPU the kernel dispatcher then picks Triton under
+        TRITON_INTERPRET, or the torch reference), `faiss` forbids it; `auto` (default) uses it for a
+        flat index on CUDA when the keys fit in a quarter of the free device memory.
+        """
+        mode = os.environ.get("SPECGEN_SEARCH", "auto")
+        if mode not in ("auto", "kernel", "faiss"):
+            raise SpecgenError(f"SPECGEN_SEARCH must be auto, kernel or faiss, got '{mode}'")
+        if mode == "faiss" or k > 64 or len(self) == 0:
+            return False
+        if mode == "kernel":
+            return True
+        if self.manifest.index["type"] != "flat" or not torch.cuda.is_available():
+            return False
+        free, _ = torch.cuda.mem_get_info()
+        return self.keys.nbytes < free // 4
+
+    def _kernel_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fused dot-product top-k over all keys (the [B, N] score matrix is never written)."""
+        from ..kernels import similarity_topk
+
+        if self._device_keys is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._device_keys = torch.from_numpy(np.array(self.keys, copy=True)).to(device)  # [N, d] fp16
+        keys = self._device_keys
+        kk = min(k, keys.shape[0])
+        scores, ids = similarity_topk(torch.from_numpy(q).to(keys.device), keys, kk)  # [B, kk], [B, kk]
+        scores_np = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        ids_np = np.full((q.shape[0], k), -1, dtype=np.int64)
+        scores_np[:, :kk] = scores.float().cpu().numpy()
+        ids_np[:, :kk] = ids.cpu().numpy()
+        return scores_np, ids_np
 
     def continuations(self, ids: np.ndarray) -> np.ndarray:
         """Stored continuations of key ids [...] -> [..., L] int32 (-1 past a document's end or for id -1)."""

@@ -224,3 +224,23 @@ def test_interrupt_cleans_up(small_corpus: Path, tmp_path: Path, tok: Any, model
         build_index(model, tok, small_corpus, out, SMALL, progress=interrupt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "idx"]
     assert json.loads((out / "manifest.json").read_text())["created"] == first.created
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_kernel_search_matches_faiss(big_index: Path, tok: Any, model: Any, kernels: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`similarity_topk` (the GPU exact-search path, here reference or Triton interpreter) agrees with FAISS."""
+    ids = SemanticIndex.load(big_index).tokens[:256].tolist()
+    hs = _doc_hidden(model, ids)[10:250:20]  # [12, H]
+    monkeypatch.setenv("SPECGEN_SEARCH", "faiss")
+    want_s, want_i = SemanticIndex.load(big_index).search(hs, k=8)
+    monkeypatch.setenv("SPECGEN_SEARCH", "kernel")
+    monkeypatch.setenv("SPECGEN_KERNELS", kernels)
+    idx = SemanticIndex.load(big_index)
+    got_s, got_i = idx.search(hs, k=8)
+    assert idx._device_keys is not None, "the kernel path was not taken"
+    np.testing.assert_allclose(got_s, want_s, atol=2e-3)
+    # Ids agree wherever the score is not tied with a neighbour within tolerance.
+    distinct = np.abs(np.diff(want_s, axis=1, prepend=np.inf)) > 2e-3
+    distinct &= np.abs(np.diff(want_s, axis=1, append=-np.inf)) > 2e-3
+    assert np.all(got_i[distinct] == want_i[distinct])
