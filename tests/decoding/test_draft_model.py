@@ -1,0 +1,41 @@
+"""`sd --draft-model`: a separate HF draft with the target's tokenizer stays lossless; a foreign one is refused."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from specgen.config import DraftModelConfig, GenerationConfig
+from specgen.errors import SpecgenError
+from specgen.generate import generate
+
+from ..conftest import make_tiny_llama
+
+
+@pytest.mark.slow
+def test_separate_draft_model_is_lossless(real_bundle: Any, tmp_path: Path) -> None:
+    # A tiny random LLaMA over the real vocabulary, saved as an HF folder with the real tokenizer.
+    draft = make_tiny_llama(vocab_size=real_bundle.model.config.vocab_size, seed=2)
+    draft.save_pretrained(tmp_path / "draft")
+    real_bundle.tokenizer.save_pretrained(tmp_path / "draft")
+    gen = GenerationConfig(max_new_tokens=20)
+    prompt = "List three primary colors."
+    ar = generate(real_bundle, prompt, method="ar", gen=gen)
+    sd = generate(real_bundle, prompt, method="sd", gen=gen,
+                  method_config=DraftModelConfig(draft_model=str(tmp_path / "draft"), num_draft=3))
+    assert sd.token_ids == ar.token_ids
+    assert sd.stats.drafted > 0 and sd.stats.steps <= ar.stats.steps
+
+
+@pytest.mark.slow
+def test_draft_with_other_tokenizer_is_refused(real_bundle: Any, tmp_path: Path) -> None:
+    from tests.datastore._tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    draft = make_tiny_llama(vocab_size=len(tok), seed=2)
+    draft.save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    with pytest.raises(SpecgenError, match="tokenizer differs"):
+        generate(real_bundle, "hi", method="sd", gen=GenerationConfig(max_new_tokens=4),
+                 method_config=DraftModelConfig(draft_model=str(tmp_path / "other")))
