@@ -125,15 +125,21 @@ def _assemble_chunks(alias: str) -> Path:
 
 
 def _embedded_gguf(alias: str) -> Path:
+    if alias in CHUNKED:  # split over several PyPI packages: assemble into the cache first
+        return _assemble_chunks(alias)
     dist, rel, _ = EMBEDDED[alias]
     return package_file(dist, rel, purpose=f"embedded model '{alias}'")
+
+
+def _is_converted(out: Path) -> bool:
+    return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF into an HF safetensors folder at `out`, atomically; return `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+    if _is_converted(out):
         return out
     quiet_transformers()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +168,9 @@ def resolve_model_path(spec: str | None) -> tuple[str, str | Path]:
     """Map a --model value to (display name, folder or hub id), converting GGUFs on the way."""
     spec = spec or DEFAULT_MODEL
     if spec in EMBEDDED:
-        return spec, convert_gguf(_embedded_gguf(spec), cache_dir() / "models" / EMBEDDED[spec][2])
+        out = cache_dir() / "models" / EMBEDDED[spec][2]
+        # A converted cache needs no GGUF (nor, for Gemma, the 4-part assembly) on later starts.
+        return spec, out if _is_converted(out) else convert_gguf(_embedded_gguf(spec), out)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
