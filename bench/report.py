@@ -90,6 +90,25 @@ def result_tables(metrics: dict[str, Any], per_category: bool = True) -> list[An
     return tables + [metrics_table(metrics, OVERALL, "overall")]
 
 
+def verifier_table(study: dict[str, Any]) -> Any:
+    """The verifier study's AUROC per signal (0.5 = chance), with the sample it rests on."""
+    from rich.table import Table
+
+    from .verifier import SIGNAL_LABELS
+
+    table = Table(title=f"SpecGuard verifier on GSM8K: {study['problems']} problems, {study['pairs']} gold/corrupted "
+                        f"step pairs, {study.get('model')}",
+                  caption="AUROC for telling gold steps (positive) from corrupted twins; 0.5 = chance")
+    for col in ("signal", "AUROC", "gold beats twin"):
+        table.add_column(col, justify="left" if col == "signal" else "right")
+    for key, value in study["auroc"].items():
+        win = study["twin_win_rate"].get(key)
+        table.add_row(SIGNAL_LABELS.get(key, key), f"{value:.3f}", "" if win is None else f"{win:.0%}")
+    table.add_row("accept rate (configured rule)", f"gold {study['accept_rate_gold']:.0%}",
+                  f"corrupted {study['accept_rate_corrupted']:.0%}")
+    return table
+
+
 def summary_dict(result: Any) -> dict[str, Any]:
     """The summary.json object of a BenchResult."""
     cfg = dataclasses.asdict(result.config)

@@ -29,6 +29,14 @@ DEFAULT_METHODS = ("ar", "pld", "rest", "sense")
 INDEX_METHODS = ("rest", "sense")  # methods that read a datastore
 INDEX_REQUIRED = ("rest",)  # ... and cannot run without one (sense falls back to the live context)
 INDEX_FIELDS = ("index", "index_path", "index_dir")
+# Named variants: a bench label run as a base method with preset options (a --method-config section
+# under the label's name adds to or overrides them). They put the lossy settings beside the
+# lossless ones in one run: SENSE's soft gate, SpecGuard's single-signal ablations (issue 5).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sense-gate": ("sense", {"gate_enabled": True}),
+    "specguard-conf": ("specguard", {"signals": "confidence"}),
+    "specguard-ground": ("specguard", {"signals": "grounding"}),
+}
 RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"
 WARMUP_MAX_TOKENS = 16
@@ -107,8 +115,8 @@ def plan_methods(config: BenchConfig) -> tuple[list[MethodRun], list[str]]:
     notes: list[str] = []
     explicit = config.methods is not None
     names = list(dict.fromkeys(["ar", *(config.methods or DEFAULT_METHODS)]))
-    known = set(available_methods())
-    unknown_opts = set(config.method_options) - set(names)
+    known = set(available_methods()) | set(VARIANTS)
+    unknown_opts = set(config.method_options) - set(names) - {VARIANTS[n][0] for n in names if n in VARIANTS}
     if unknown_opts:
         raise SpecgenError(f"method config has sections for methods not run: {', '.join(sorted(unknown_opts))}")
     runs: list[MethodRun] = []
@@ -118,27 +126,29 @@ def plan_methods(config: BenchConfig) -> tuple[list[MethodRun], list[str]]:
                 get_method(name)  # raises the one-line "unknown method" error
             notes.append(f"skipped {name}: not available in this build")
             continue
-        options = _flatten(config.method_options.get(name, {}))
-        cls = get_method(name).config_cls if name != "specguard" else None
+        base, preset = VARIANTS.get(name, (name, {}))
+        options = {**_flatten(config.method_options.get(base, {})), **preset,
+                   **(_flatten(config.method_options.get(name, {})) if name != base else {})}
+        cls = get_method(base).config_cls if base != "specguard" else None
         fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
         key = next((k for k in INDEX_FIELDS if k in fields), None)
         if key is not None and options.get(key) is None and config.index is not None:
             options[key] = config.index
-        if name in INDEX_METHODS and key is None:
+        if base in INDEX_METHODS and key is None:
             notes.append(f"{name}: its config has no index field, so --index was not passed to it")
-        elif name in INDEX_METHODS and options.get(key) is None:
-            if name in INDEX_REQUIRED:
+        elif base in INDEX_METHODS and options.get(key) is None:
+            if base in INDEX_REQUIRED:
                 notes.append(f"skipped {name}: needs a datastore (--index DIR, built with `specgen build-index`)")
                 continue
             notes.append(f"{name} runs on the live context only (no --index)")
-        cfg = make_config(name, options)
-        lossless = get_method(name).lossless if name != "specguard" else False
+        cfg = make_config(base, options)
+        lossless = get_method(base).lossless if base != "specguard" else False
         if getattr(getattr(cfg, "gate", None), "enabled", False):
             lossless = False
         if name == "ar" or not config.budgets:
-            runs.append(MethodRun(name, name, cfg, None, False, lossless))
+            runs.append(MethodRun(name, base, cfg, None, False, lossless))
         else:
-            runs += [MethodRun(f"{name}@{b}", name, cfg, b, False, lossless) for b in config.budgets]
+            runs += [MethodRun(f"{name}@{b}", base, cfg, b, False, lossless) for b in config.budgets]
     if config.peers:
         from .peers import PEERS
 
@@ -349,7 +359,8 @@ def _preload_drafts(bundle: Any, runs: list[MethodRun]) -> dict[str, Any]:
 
             if name not in loaded:
                 loaded[name] = load_model(name, str(bundle.model.dtype).removeprefix("torch."))
-                if loaded[name].tokenizer.get_vocab() != bundle.tokenizer.get_vocab():
+                # specguard's steps cross as text, so only token-level drafts must share the vocabulary
+                if run.method != "specguard" and loaded[name].tokenizer.get_vocab() != bundle.tokenizer.get_vocab():
                     raise SpecgenError(f"draft model {name}: its tokenizer differs from the target's")
             drafts[run.label] = loaded[name]
     return drafts

@@ -65,7 +65,8 @@ def bench(
     suite: str = typer.Option("spec-bench", "--suite", help="spec-bench | mt-bench | humaneval | gsm8k | path to a JSONL "
                                                             "with 'turns', 'prompt' or 'question'."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: ar,pld,rest,sense, "
-                                                                 "those usable here); ar is always added."),
+                                                                 "those usable here); ar is always added. Variants: "
+                                                                 "sense-gate (soft gate on), specguard-conf, specguard-ground."),
     limit: Optional[int] = typer.Option(1, "--limit", help="Questions per category (0 = all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
@@ -81,9 +82,14 @@ def bench(
     turns: int = typer.Option(1, "--turns", help="Turns per question: 1 = first only; 2 = multi-turn (answer 1 carried into turn 2)."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Tree node-budget sweep for drafting methods, e.g. 4,8,16."),
     per_category: bool = typer.Option(True, "--per-category/--overall-only", help="Print a table per category."),
+    verifier: bool = typer.Option(False, "--verifier", help="GSM8K only: AUROC of SpecGuard's signals for corrupted "
+                                                           "vs gold reasoning steps, instead of a decoding run."),
 ) -> None:
     """Run the benchmark (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
+        return
+    if verifier:
+        _verifier(suite, limit or None, model, dtype, seed, read_method_config(method_config), out)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -113,6 +119,29 @@ def bench(
     if out is not None:
         for path in write_outputs(result, out):
             console.print(f"wrote {path}")
+
+
+def _verifier(suite: str, limit: int | None, model: str | None, dtype: str, seed: int,
+              options: dict[str, dict[str, Any]], out: Path | None) -> None:
+    from rich.console import Console
+
+    from specgen.bench.report import verifier_table
+    from specgen.bench.verifier import run_verifier_bench
+    from specgen.proposers.registry import make_config
+
+    unknown = set(options) - {"specguard"}
+    if unknown:
+        raise SpecgenError(f"--verifier reads only a 'specguard' section of --method-config, got {', '.join(sorted(unknown))}")
+    cfg = make_config("specguard", options.get("specguard", {}))
+    console = Console(stderr=True)
+    with console.status("scoring gold and corrupted GSM8K steps"):
+        study = run_verifier_bench(suite, limit, model=model, dtype=dtype, seed=seed, config=cfg)
+    Console().print(verifier_table(study))
+    if out is not None:
+        path = out if str(out).endswith(".json") else out / "verifier.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(study, indent=1) + "\n", encoding="utf-8")
+        console.print(f"wrote {path}")
 
 
 @bench_app.command("compare")

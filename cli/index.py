@@ -42,7 +42,7 @@ def build_index_command(
     layer: int = typer.Option(-1, "--layer", help="Hidden layer of the keys: -1 = final normed state, l >= 0 = output of decoder layer l."),
     continuation_len: int = typer.Option(16, "--continuation-len", help="Tokens stored after each position."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop reading the corpus after this many tokens."),
-    index_type: str = typer.Option("auto", "--index-type", help="auto | flat | hnsw | ivf | ivfpq (auto: flat up to 50k keys, "
+    index_type: str = typer.Option("auto", "--index-type", help="auto | flat | hnsw | ivf | ivfpq (auto: flat up to 200k keys, "
                                                                "then hnsw, ivfpq past 4M)."),
     pca: Optional[int] = typer.Option(None, "--pca", metavar="DIM", help="Project keys to DIM dimensions (z-score + PCA)."),
     append: bool = typer.Option(False, "--append", help="Add the corpus to the index at --output (same model and settings)."),

@@ -38,6 +38,17 @@ def test_plan_rejects_unknown_method_and_stray_config_sections() -> None:
         plan_methods(BenchConfig(methods=("pld",), method_options={"pld": {"bogus": 3}}))
 
 
+def test_plan_variants_run_their_base_method_with_presets() -> None:
+    runs, notes = plan_methods(BenchConfig(methods=("sense", "sense-gate", "specguard-conf", "specguard-ground"),
+                                           method_options={"sense": {"k": 8}, "sense-gate": {"gate": {"alpha": 0.1}}}))
+    by = {r.label: r for r in runs}
+    assert by["sense-gate"].method == "sense" and by["sense-gate"].config.gate.enabled
+    assert by["sense-gate"].config.k == 8 and by["sense-gate"].config.gate.alpha == 0.1  # base section, then its own
+    assert not by["sense-gate"].lossless and by["sense"].lossless and not by["sense"].config.gate.enabled
+    assert by["specguard-conf"].method == "specguard" and by["specguard-conf"].config.signals == "confidence"
+    assert by["specguard-ground"].config.signals == "grounding" and not by["specguard-ground"].lossless
+
+
 def test_plan_method_config_and_budget_sweep() -> None:
     runs, _ = plan_methods(BenchConfig(methods=("pld",), method_options={"pld": {"num_draft": 4}}, budgets=(4, 8)))
     assert [r.label for r in runs] == ["ar", "pld@4", "pld@8"]

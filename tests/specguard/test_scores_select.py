@@ -3,6 +3,7 @@ cross-tokenizer round trips and the GSM8K helpers."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
 import pytest
@@ -136,3 +137,24 @@ def test_verifier_study_on_tiny_model(target_bundle, tmp_path) -> None:
     out = run_verifier_study(target_bundle, load_gsm8k(f), SpecGuardConfig(grounding_layers=2))
     assert out["pairs"] == 3 and set(out["auroc"]) >= {"conf_mean_exp", "grounding_min", "ensemble"}
     assert all(0.0 <= v <= 1.0 for v in out["auroc"].values())
+
+
+def test_cli_bench_verifier_table_and_json(target_bundle, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import specgen.models
+    from specgen.cli.main import app
+
+    f = tmp_path / "g.jsonl"
+    f.write_text('{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\\nHe has 7.\\n#### 7"}\n')
+    monkeypatch.setattr(specgen.models, "load_model", lambda *a, **k: target_bundle)
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("specguard:\n  grounding_layers: 2\n")
+    out = tmp_path / "v.json"
+    r = CliRunner().invoke(app, ["bench", "--verifier", "--suite", str(f), "--method-config", str(cfg), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "AUROC" in r.output and "ensemble" in r.output
+    study = json.loads(out.read_text())
+    assert study["pairs"] == 2 and 0.0 <= study["auroc"]["ensemble"] <= 1.0 and len(study["rows"]) == 4
+    bad = CliRunner().invoke(app, ["bench", "--verifier", "--suite", str(tmp_path / "missing.jsonl")])
+    assert bad.exit_code == 2 and "--verifier needs" in bad.output and "Traceback" not in bad.output
