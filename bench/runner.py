@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..decoding.policy import POLICY_MODES
 from ..errors import SpecgenError
 from .humaneval import check_completion
 from .suites import Question, gsm8k_answer, load_suite, normalise_number
@@ -66,6 +67,7 @@ class BenchConfig:
     temperature: float = 0.0
     turns: int = 1  # 1 = first turn only (v1); 2+ = multi-turn, the answer to turn 1 carried into turn 2
     budgets: tuple[int, ...] = ()  # node-budget sweep for the drafting methods
+    draft_policy: str = "adaptive"  # decoding/policy.py: adaptive | always
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -74,13 +76,15 @@ class BenchConfig:
             raise SpecgenError(f"warmup must be >= 0, got {self.warmup}")
         if self.turns < 1:
             raise SpecgenError(f"turns must be >= 1, got {self.turns}")
+        if self.draft_policy not in POLICY_MODES:
+            raise SpecgenError(f"draft policy must be one of {', '.join(POLICY_MODES)}, got '{self.draft_policy}'")
         if any(b < 1 for b in self.budgets):
             raise SpecgenError(f"budgets must be >= 1, got {', '.join(map(str, self.budgets))}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the stored records."""
         return {"suite": self.suite, "model": self.model, "dtype": self.dtype, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "seed": self.seed, "turns": self.turns}
+                "temperature": self.temperature, "seed": self.seed, "turns": self.turns, "draft_policy": self.draft_policy}
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def make_record(run: MethodRun, question: Question, turn: int, result: Any, mode
         base.update(new_tokens=s.new_tokens, wall_time=s.wall_s, steps=s.steps, accept_lengths=list(s.accept_lengths),
                     drafted=s.drafted, accepted=s.accepted, position_drafted=list(s.position_drafted),
                     position_accepted=list(s.position_accepted), prefill_s=s.prefill_s, propose_s=s.propose_s,
-                    verify_s=s.verify_s, accept_s=s.accept_s, token_ids=list(result.token_ids), text=result.text,
+                    verify_s=s.verify_s, accept_s=s.accept_s, draft_skipped=getattr(s, "draft_skipped", 0), token_ids=list(result.token_ids), text=result.text,
                     finish_reason=result.finish_reason)
     base["tokens_per_s"] = base["new_tokens"] / base["wall_time"] if base["wall_time"] > 0 else 0.0
     base.update(task_quality(question, base["text"], turn))
@@ -285,6 +289,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     config would load: tests inject fakes through them.
     """
     from ..config import GenerationConfig, SamplingConfig
+    from ..decoding.policy import DraftPolicyConfig
     from .report import environment
     from .metrics import summarize
 
@@ -304,13 +309,14 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     if peer_fn is None:
         from .peers import run_peer as peer_fn  # type: ignore[assignment]
     sampling = SamplingConfig(temperature=config.temperature, seed=config.seed)
+    policy = DraftPolicyConfig(mode=config.draft_policy)
     drafts = _preload_drafts(bundle, runs)
     model_name = getattr(bundle, "name", str(config.model))
 
     def call(run: MethodRun, ids: list[int], max_new: int, stop: tuple[str, ...] = ()) -> Any:
         if run.peer:
             return peer_fn(bundle, run.method, ids, max_new, stop=stop)
-        gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop=stop,
+        gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop=stop, draft_policy=policy,
                                **({"node_budget": run.budget} if run.budget else {}))
         return generate_fn(bundle, ids, method=run.method, gen=gen, method_config=run.config,
                            draft=drafts.get(run.label))

@@ -82,6 +82,7 @@ def bench(
     turns: int = typer.Option(1, "--turns", help="Turns per question: 1 = first only; 2 = multi-turn (answer 1 carried into turn 2)."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Tree node-budget sweep for drafting methods, e.g. 4,8,16."),
     per_category: bool = typer.Option(True, "--per-category/--overall-only", help="Print a table per category."),
+    draft_policy: str = typer.Option("adaptive", "--draft-policy", help="adaptive | always (see `generate --help`)."),
     verifier: bool = typer.Option(False, "--verifier", help="GSM8K only: AUROC of SpecGuard's signals for corrupted "
                                                            "vs gold reasoning steps, instead of a decoding run."),
 ) -> None:
@@ -101,7 +102,7 @@ def bench(
     config = BenchConfig(suite=suite, methods=_csv(methods), limit=limit or None, model=model, dtype=dtype,
                          max_new_tokens=max_new_tokens, peers=peers, method_options=read_method_config(method_config),
                          index=index, out_dir=out_dir, warmup=warmup, seed=seed, temperature=temperature, turns=turns,
-                         budgets=_budgets(budgets))
+                         budgets=_budgets(budgets), draft_policy=draft_policy)
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as bar:

@@ -85,6 +85,8 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     node_budget: int = typer.Option(16, "--node-budget", help="Most draft nodes verified per step."),
+    draft_policy: str = typer.Option("adaptive", "--draft-policy", help="adaptive: skip drafting while recent drafts "
+                                                                         "do not pay for their verification; always."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     max_ngram: Optional[int] = typer.Option(None, "--max-ngram", help="pld: longest n-gram matched."),
     min_ngram: Optional[int] = typer.Option(None, "--min-ngram", help="pld: shortest n-gram matched."),
@@ -110,6 +112,7 @@ def generate(
 ) -> None:
     """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""
     from specgen.config import GenerationConfig, SamplingConfig
+    from specgen.decoding.policy import DraftPolicyConfig
     from specgen.generate import generate as run_generate
     from specgen.models import load_model
     from specgen.proposers.registry import available_methods, make_config
@@ -120,6 +123,7 @@ def generate(
         raise SpecgenError(f"--gate must be on or off, got '{gate}'")
     text = read_prompt(prompt, prompt_file)
     gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=tuple(stop or ()), node_budget=node_budget,
+                           draft_policy=DraftPolicyConfig(mode=draft_policy),
                            sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
     options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
                    draft_layers=draft_layers, index=str(index) if index else None,
@@ -148,6 +152,7 @@ def render_stats(stats: Any) -> None:
             ("mean acceptance length", f"{stats.mean_acceptance_length:.2f}"),
             ("drafted / accepted", f"{stats.drafted} / {stats.accepted}"),
             ("draft acceptance rate", f"{stats.draft_acceptance_rate:.1%}"),
+            ("steps without drafting (policy)", f"{getattr(stats, 'draft_skipped', 0)}"),
             ("wall time", f"{stats.wall_s:.2f} s (prefill {stats.prefill_s:.2f} s)"),
             ("tokens/s", f"{stats.tokens_per_s:.1f}")]
     for k, v in rows:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .decoding.policy import DraftPolicyConfig
 from .errors import SpecgenError
 
 
@@ -42,6 +43,8 @@ class GenerationConfig:
     # Upper bound on tree nodes verified per step, the root (pending token) excluded.
     node_budget: int = 16
     stop_at_eos: bool = True
+    # When to skip drafting (decoding/policy.py); mode="always" drafts at every step.
+    draft_policy: DraftPolicyConfig = field(default_factory=DraftPolicyConfig)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

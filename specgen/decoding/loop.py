@@ -13,8 +13,9 @@ import torch
 
 from .. import adapter
 from ..config import GenerationConfig, SoftGateConfig
-from ..proposers.base import Proposer, ProposeContext
+from ..proposers.base import Candidates, Proposer, ProposeContext
 from .accept import accept_greedy, accept_sampling, target_probs
+from .policy import DraftPolicy
 from .stats import GenerationStats, StepRecord
 from .tree import build_tree
 from .verify import verify_tree
@@ -75,6 +76,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     rng = torch.Generator().manual_seed(gen.sampling.seed if gen.sampling.seed is not None else 0)
     layer = proposer.hidden_layer
     embeddings = model.get_input_embeddings().weight if gate is not None and gate.enabled else None  # [V, H]
+    policy = DraftPolicy(gen.draft_policy, model.device.type)
     t0 = time.perf_counter()
 
     # Prefill: the whole prompt, causal; only the last position's logits are needed.
@@ -98,7 +100,8 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         ta = time.perf_counter()
         budget = min(gen.node_budget, gen.max_new_tokens - len(stopper.generated))
         cands = proposer.propose(ProposeContext(tokens=tokens, prompt_len=len(prompt_ids), budget=budget,
-                                                hidden=last_hidden, context_hidden=context_hidden))
+                                                hidden=last_hidden, context_hidden=context_hidden)) \
+            if budget > 0 and policy.should_draft() else Candidates()
         tree = build_tree(tokens[-1], cands, budget)
         tb = time.perf_counter()
         ver = verify_tree(model, cache, tree, n_kv, hidden_layer=layer)
@@ -117,6 +120,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         tokens += new
         proposer.commit(tokens, len(tokens) - 1)
         depth = int(tree.depth.max()) if tree.size > 1 else 0
+        policy.update(tree.size - 1, len(path) - 1)
         stats.add_step(StepRecord(drafted=tree.size - 1, draft_depth=depth, accepted=len(path) - 1,
                                   emitted=len(new), gated=acc.gated, t_propose=tb - ta, t_verify=tc - tb,
                                   t_accept=time.perf_counter() - tc))
@@ -125,4 +129,5 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
 
     stats.wall_s = time.perf_counter() - t0
     stats.new_tokens = len(stopper.generated)
+    stats.draft_skipped = policy.skipped
     return DecodeResult(stopper.generated, stats, stopper.reason or "length")
