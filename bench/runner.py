@@ -210,7 +210,7 @@ def make_record(run: MethodRun, question: Question, turn: int, result: Any, mode
     """The record of one turn from a GenerationResult (ours) or a PeerResult (peers)."""
     base = {"method": run.label, "base_method": run.method, "budget": run.budget, "peer": run.peer,
             "lossless": run.lossless, "question_id": question.question_id, "category": question.category,
-            "turn": turn, "model_id": model_name}
+            "subcategory": question.subcategory, "turn": turn, "model_id": model_name}
     if run.peer:
         n = len(result.token_ids)
         base.update(new_tokens=n, wall_time=result.wall_s, steps=result.steps, accept_lengths=None, drafted=None,

@@ -7,6 +7,8 @@ given; MT-bench and HumanEval are located inside their installed PyPI packages t
 """
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import importlib.metadata
 import json
@@ -29,6 +31,10 @@ PACKAGE_FILES = {
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
 GSM8K_INSTRUCTION = "\nSolve the problem step by step, then give the final answer as '#### <number>'."
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Spec-Bench reports six categories: its 80 MT-bench questions form one, "mt_bench" (the paper's
+# multi-turn conversation), beside translation, summarization, qa, math_reasoning and rag.
+MT_BENCH_SUBCATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+SPEC_BENCH_MT = "mt_bench"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class Question:
     entry_point: str | None = None  # HumanEval: the function under test
     raw: bool = False  # encode the prompt as is, without the chat template
     stop: tuple[str, ...] = ()
+    subcategory: str | None = None  # Spec-Bench mt_bench: the MT-bench category (writing, coding, ...)
 
 
 def shared_data_file(name: str) -> Path:
@@ -177,7 +184,23 @@ def load_suite(suite: str, limit: int | None = None) -> list[Question]:
         if q.question_id in seen:
             raise SpecgenError(f"{path}: duplicate question_id {q.question_id}")
         seen.add(q.question_id)
+    if suite == "spec-bench":
+        questions = group_mt_bench(questions)
     return limit_per_category(questions, limit)
+
+
+def group_mt_bench(questions: list[Question]) -> list[Question]:
+    """Spec-Bench's six categories: MT-bench's eight become `mt_bench`, ordered round-robin over
+    them (writing, roleplay, ..., then each one's second question), so `--limit 5` spans five."""
+    mt = [q for q in questions if q.category in MT_BENCH_SUBCATEGORIES]
+    rank: dict[str, int] = {}
+    keyed = []
+    for q in mt:
+        rank[q.category] = rank.get(q.category, -1) + 1
+        keyed.append((rank[q.category], MT_BENCH_SUBCATEGORIES.index(q.category), q))
+    grouped = [dataclasses.replace(q, category=SPEC_BENCH_MT, subcategory=q.category) for *_, q in sorted(keyed, key=lambda t: t[:2])]
+    rest = [q for q in questions if q.category not in MT_BENCH_SUBCATEGORIES]
+    return grouped + rest
 
 
 def limit_per_category(questions: list[Question], limit: int | None) -> list[Question]:

@@ -86,12 +86,13 @@ class TextStream:
 
 def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: GenerationConfig | None = None,
              method_config: Any = None, raw: bool = False, on_text: TextCallback | None = None,
-             draft: Any = None) -> GenerationResult:
+             draft: Any = None, prefilled: Any = None) -> GenerationResult:
     """Generate a continuation of `prompt` (text, or token ids used as they are) with `method`.
 
     `target` is a loaded ModelBundle; `method_config` the method's config dataclass (its defaults
     when None); `on_text` receives text deltas as tokens are accepted; `draft` an optional
-    preloaded draft ModelBundle for methods that use one.
+    preloaded draft ModelBundle for methods that use one; `prefilled` a `decoding.loop.Prefilled`
+    cache holding the prompt (token-level methods only).
     """
     gen = gen or GenerationConfig()
     if method == "specguard":
@@ -105,7 +106,8 @@ def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: G
     prompt_ids = prompt if isinstance(prompt, list) else encode_prompt(target.tokenizer, prompt, raw=raw)
     proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
-    res = decode(target, prompt_ids, proposer, gen, method=method, gate=getattr(cfg, "gate", None), on_tokens=stream.push)
+    res = decode(target, prompt_ids, proposer, gen, method=method, gate=getattr(cfg, "gate", None), on_tokens=stream.push,
+                 prefilled=prefilled)
     text = stream.close()
     return GenerationResult(text, res.token_ids, res.stats, res.finish_reason)
 

@@ -65,10 +65,27 @@ def _pick(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator) -> 
     return int(torch.multinomial(target_probs(logits.view(1, -1), gen.sampling)[0], 1, generator=rng))
 
 
+@dataclass
+class Prefilled:
+    """A KV cache that already holds every prompt position, and the logits [V] of the last one.
+
+    Lets a caller that owns a cache (SpecGuard regenerating a rejected step) continue decoding
+    without prefilling the prompt again. The loop extends the cache in place.
+    """
+
+    cache: Any
+    last_logits: torch.Tensor  # [V] predicts the first new token
+
+
 @torch.inference_mode()
 def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *,
-           method: str, gate: SoftGateConfig | None = None, on_tokens: TokenCallback | None = None) -> DecodeResult:
-    """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`."""
+           method: str, gate: SoftGateConfig | None = None, on_tokens: TokenCallback | None = None,
+           prefilled: Prefilled | None = None) -> DecodeResult:
+    """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`.
+
+    With `prefilled` (used only when the proposer needs no hidden states, which a reused cache
+    cannot supply) the prompt's prefill is skipped and its cache extended.
+    """
     model = target.model
     adapter.use_tree_attention(model)
     stats = GenerationStats(method=method, prompt_tokens=len(prompt_ids))
@@ -79,17 +96,24 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     policy = DraftPolicy(gen.draft_policy, model.device.type)
     t0 = time.perf_counter()
 
-    # Prefill: the whole prompt, causal; only the last position's logits are needed.
-    cache = adapter.new_cache(model)
     n = len(prompt_ids)
-    out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long), torch.arange(n), cache,
-                               torch.ones(n, n, dtype=torch.bool).tril_(), hidden_layer=layer,
-                               logits_for=torch.tensor([n - 1]))
-    context_hidden = out.hidden if proposer.wants_context_hidden else None  # [L, H]
-    last_hidden = out.hidden[-1] if out.hidden is not None else None  # [H]
+    if prefilled is not None and layer is None:
+        cache = prefilled.cache
+        assert adapter.cache_length(cache) == n, "prefilled cache must hold exactly the prompt"
+        first_logits, context_hidden, last_hidden = prefilled.last_logits, None, None  # [V]
+        stats.reused_cache = True
+    else:
+        # Prefill: the whole prompt, causal; only the last position's logits are needed.
+        cache = adapter.new_cache(model)
+        out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long), torch.arange(n), cache,
+                                   torch.ones(n, n, dtype=torch.bool).tril_(), hidden_layer=layer,
+                                   logits_for=torch.tensor([n - 1]))
+        context_hidden = out.hidden if proposer.wants_context_hidden else None  # [L, H]
+        last_hidden = out.hidden[-1] if out.hidden is not None else None  # [H]
+        first_logits = out.logits[-1]  # [V]
     tokens = list(prompt_ids)
     proposer.reset(list(prompt_ids))
-    first = stopper.feed([_pick(out.logits[-1], gen, rng)])
+    first = stopper.feed([_pick(first_logits, gen, rng)])
     tokens += first
     stats.prefill_s = time.perf_counter() - t0
     if on_tokens:

@@ -40,6 +40,7 @@ class GenerationStats:
     propose_s: float = 0.0
     verify_s: float = 0.0
     accept_s: float = 0.0
+    reused_cache: bool = False  # the prompt came prefilled (decoding.loop.Prefilled): no prefill forward
     draft_skipped: int = 0  # steps where the draft policy skipped proposing (decoding/policy.py)
     accept_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
     position_drafted: list[int] = field(default_factory=list)  # steps drafting depth >= i + 1

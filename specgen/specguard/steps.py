@@ -33,7 +33,7 @@ import torch
 
 from .. import adapter
 from ..config import GenerationConfig
-from ..decoding.loop import Stopper
+from ..decoding.loop import Prefilled, Stopper
 from ..decoding.stats import GenerationStats, StepRecord
 from ..errors import SpecgenError
 from .config import SpecGuardConfig
@@ -216,14 +216,19 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
             sub = dataclasses.replace(gen, max_new_tokens=min(cfg.max_step_tokens, remaining),
                                       stop=(cfg.step_delimiter,),
                                       sampling=dataclasses.replace(gen.sampling, seed=(gen.sampling.seed or 0) + len(records)))
-            res = generate(target, prompt_ids + out_ids, method=cfg.recompute_method, gen=sub)
+            # Continue on the shared cache (no second prefill of the context), then crop back and
+            # score the target's own step in one forward, which also restores the cache state.
+            res = generate(target, prompt_ids + out_ids, method=cfg.recompute_method, gen=sub,
+                           prefilled=Prefilled(cache, last_logits))
+            prefills = 0 if res.stats.reused_cache else 1  # a proposer needing hidden states prefills anew
+            adapter.crop_cache(cache, n_kv)
             new = res.token_ids
-            inner["forwards"] += res.stats.steps + 1
+            inner["forwards"] += res.stats.steps + prefills
             inner["drafted"] += res.stats.drafted
             inner["accepted"] += res.stats.accepted
             own: StepScore = score_candidates(model, cache, [new], last_logits, cfg)[0]  # extend the cache
             last_logits = own.last_logits
-            stats.steps += res.stats.steps + 2  # the sub-generation's prefill and steps, and this forward
+            stats.steps += res.stats.steps + prefills + 1  # the sub-generation's steps (and prefill), this forward
             rec.update(target_grounding=own.grounding, target_confidence=own.confidence)
         td = time.perf_counter()
         target_s += td - tb

@@ -76,7 +76,11 @@ def test_humaneval_sandbox_correct_wrong_and_looping() -> None:
 
 def test_named_suites_load() -> None:
     spec = load_suite("spec-bench", 1)
-    assert len(spec) == 13 and len({q.category for q in spec}) == 13
+    assert [q.category for q in spec] == ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
+    mt = [q for q in load_suite("spec-bench", 10) if q.category == "mt_bench"]
+    assert [q.subcategory for q in mt[:9]] == ["writing", "roleplay", "reasoning", "math", "coding", "extraction",
+                                               "stem", "humanities", "writing"]  # round-robin over MT-bench's eight
+    assert len({q.question_id for q in load_suite("spec-bench", 0 or None)}) == 480
     he = load_suite("humaneval", 2)
     assert len(he) == 2 and he[0].raw and he[0].entry_point and he[0].test
     mt = load_suite("mt-bench", 1)
@@ -104,4 +108,4 @@ def test_spec_bench_references_scored_only_when_numeric() -> None:
     spec = {q.category: q for q in load_suite("spec-bench", 1)}
     assert spec["math_reasoning"].reference is not None and spec["math_reasoning"].reference.lstrip("-").isdigit()
     assert spec["summarization"].reference is None and spec["translation"].reference is None
-    assert spec["writing"].reference is None
+    assert spec["mt_bench"].reference is None and spec["mt_bench"].subcategory == "writing"
