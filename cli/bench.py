@@ -145,6 +145,35 @@ def _verifier(suite: str, limit: int | None, model: str | None, dtype: str, seed
         console.print(f"wrote {path}")
 
 
+@bench_app.command("self-corpus")
+def self_corpus(
+    out: Path = typer.Option(..., "--output", "-o", help="JSONL corpus to write (then: specgen build-index FILE)."),
+    suite: str = typer.Option("spec-bench", "--suite", help="spec-bench | mt-bench | humaneval | gsm8k | a JSONL path."),
+    skip: int = typer.Option(5, "--skip", help="Questions per category left out (those `bench --limit SKIP` evaluates)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Answers per category (default: all the rest)."),
+    method: str = typer.Option("pld", "--method", help="Lossless method that writes the answers."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="New tokens per answer."),
+) -> None:
+    """Write the target's own answers to held-out suite questions: an in-domain datastore corpus."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from specgen.bench.selfcorpus import write_self_corpus
+    from specgen.proposers.registry import get_method
+
+    if method == "specguard" or not get_method(method).lossless:
+        raise SpecgenError(f"self-corpus writes the target's own answers: use a lossless method, not '{method}'")
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]self-corpus"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("answers", total=None)
+        info = write_self_corpus(suite, out, skip=skip, limit=limit, method=method, model=model,
+                                 max_new_tokens=max_new_tokens,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"wrote {info['path']}: {info['questions']} answers, {info['answer_tokens']} tokens")
+
+
 @bench_app.command("compare")
 def compare(a: Path = typer.Argument(..., help="summary.json, a --out X.json, or an --out folder."),
             b: Path = typer.Argument(..., help="The same, for the run to compare with A.")) -> None:

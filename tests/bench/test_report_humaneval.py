@@ -82,7 +82,8 @@ def test_named_suites_load() -> None:
                                                "stem", "humanities", "writing"]  # round-robin over MT-bench's eight
     assert len({q.question_id for q in load_suite("spec-bench", 0 or None)}) == 480
     he = load_suite("humaneval", 2)
-    assert len(he) == 2 and he[0].raw and he[0].entry_point and he[0].test
+    assert len(he) == 2 and he[0].entry_point and he[0].test and he[0].code_prompt
+    assert he[0].code_prompt in he[0].turns[0] and "```python" in he[0].turns[0]  # a chat request around the code
     mt = load_suite("mt-bench", 1)
     assert all(len(q.turns) == 2 for q in mt)
     gsm = load_suite("gsm8k", 3)
@@ -109,3 +110,26 @@ def test_spec_bench_references_scored_only_when_numeric() -> None:
     assert spec["math_reasoning"].reference is not None and spec["math_reasoning"].reference.lstrip("-").isdigit()
     assert spec["summarization"].reference is None and spec["translation"].reference is None
     assert spec["mt_bench"].reference is None and spec["mt_bench"].subcategory == "writing"
+
+
+def test_humaneval_prompt_mode_follows_the_chat_template() -> None:
+    from specgen.bench.runner import chat_ids, question_stop, task_quality
+    from specgen.bench.suites import read_jsonl, suite_path
+
+    q = load_suite("humaneval", 1)[0]
+    calls: list[tuple[str, bool]] = []
+
+    def encode(text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        calls.append((text, add_special_tokens))
+        return {"input_ids": [1, 2, 3]}
+
+    base = type("Tok", (), {"chat_template": None, "__call__": staticmethod(encode)})()
+    chat_ids(base, q, [], 0)
+    assert calls[-1][0] == q.code_prompt  # a base model completes the code itself ...
+    assert question_stop(base, q) == q.stop and "\ndef " in q.stop  # ... and stops at the end of the body
+    chat = type("Tok", (), {"chat_template": "x", "__call__": staticmethod(encode)})()
+    assert question_stop(chat, q) == ()  # an instruct model answers in a fenced block: no body stops
+    fenced = f"Sure:\n```python\n{q.code_prompt}    return False\n```\nDone."
+    assert task_quality(q, fenced, 0)["passed"] is False  # extracted and run: this stub fails the tests
+    canonical = read_jsonl(suite_path("humaneval"))[0]["canonical_solution"]
+    assert task_quality(q, f"Here it is:\n```python\n{q.code_prompt}{canonical}```\n", 0)["passed"] is True
