@@ -103,7 +103,16 @@ def group_metrics(records: list[Record], ar_records: list[Record]) -> dict[str, 
         "gsm8k_accuracy": _mean(None if r.get("correct") is None else float(r["correct"]) for r in records),
         "pass_at_1": _mean(None if r.get("passed") is None else float(r["passed"]) for r in records),
         "time_split": time_split(records),
+        "mean_latency_s": wall / len(records) if records else None,
+        "recomputed_step_fraction": recomputed_fraction(records),
     }
+
+
+def recomputed_fraction(records: list[Record]) -> float | None:
+    """SpecGuard: share of steps the target rewrote (rejected drafts); None for other methods."""
+    sg = [r["specguard"] for r in records if r.get("specguard")]
+    steps = sum(x.get("accepted_steps", 0) + x.get("recomputed_steps", 0) for x in sg)
+    return sum(x.get("recomputed_steps", 0) for x in sg) / steps if steps else None
 
 
 def summarize(records: list[Record], ar_method: str = "ar") -> dict[str, dict[str, dict[str, Any]]]:

@@ -72,6 +72,8 @@ def metrics_table(metrics: dict[str, Any], category: str, title: str | None = No
         quality += [f"pass@1 {m['pass_at_1']:.0%}"] if m.get("pass_at_1") is not None else []
         if m.get("exact_match_ar") is not None and method != "ar":
             quality.append(f"em {m['exact_match_ar']:.0%}")
+        if m.get("recomputed_step_fraction") is not None:
+            quality.append(f"recomputed {m['recomputed_step_fraction']:.0%}")
         split = m.get("time_split") or {}
         split_s = (f"{split['propose']:.0%}/{split['verify']:.0%}/{1 - split['propose'] - split['verify']:.0%}"
                    if split and split.get("propose") is not None else "-")

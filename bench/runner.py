@@ -232,8 +232,12 @@ def make_record(run: MethodRun, question: Question, turn: int, result: Any, mode
         base.update(new_tokens=s.new_tokens, wall_time=s.wall_s, steps=s.steps, accept_lengths=list(s.accept_lengths),
                     drafted=s.drafted, accepted=s.accepted, position_drafted=list(s.position_drafted),
                     position_accepted=list(s.position_accepted), prefill_s=s.prefill_s, propose_s=s.propose_s,
-                    verify_s=s.verify_s, accept_s=s.accept_s, draft_skipped=getattr(s, "draft_skipped", 0), token_ids=list(result.token_ids), text=result.text,
-                    finish_reason=result.finish_reason)
+                    verify_s=s.verify_s, accept_s=s.accept_s, draft_skipped=getattr(s, "draft_skipped", 0),
+                    token_ids=list(result.token_ids), text=result.text, finish_reason=result.finish_reason)
+        sg = (getattr(result, "extra", None) or {}).get("specguard")
+        if sg is not None:  # step-level detail without the per-step texts
+            base["specguard"] = {k: sg[k] for k in ("accepted_steps", "recomputed_steps", "draft_s", "target_s",
+                                                    "recompute_forwards") if k in sg}
     base["tokens_per_s"] = base["new_tokens"] / base["wall_time"] if base["wall_time"] > 0 else 0.0
     base.update(task_quality(question, base["text"], turn))
     return base

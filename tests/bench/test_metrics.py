@@ -80,3 +80,16 @@ def test_compare_summaries_deltas() -> None:
     assert rows["ar"]["tokens_per_s"] == (10.0, 11.0, pytest.approx(1.0))
     assert rows["pld"]["tau"] == (1.5, None, None)
     assert rows["sd"]["speedup"] == (None, 0.8, None)
+
+
+def test_recomputed_fraction_and_latency() -> None:
+    from specgen.bench.metrics import group_metrics, recomputed_fraction
+
+    recs = [{"specguard": {"accepted_steps": 1, "recomputed_steps": 3}}, {"specguard": {"accepted_steps": 2, "recomputed_steps": 0}},
+            {"tau": 1}]
+    assert recomputed_fraction(recs) == 0.5
+    assert recomputed_fraction([{"x": 1}]) is None
+    base = {"new_tokens": 10, "steps": 5, "accept_lengths": [2] * 5, "drafted": 5, "accepted": 5,
+            "position_drafted": [5], "position_accepted": [5], "tokens_per_s": 5.0}
+    m = group_metrics([{**base, "wall_time": 2.0}, {**base, "wall_time": 4.0}], [])
+    assert m["mean_latency_s"] == 3.0 and m["recomputed_step_fraction"] is None
