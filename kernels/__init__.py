@@ -21,6 +21,7 @@ from .reference import (
     causal_tree_mask,
     similarity_topk_reference,
     tree_attention_reference,
+    tree_attention_sdpa,
 )
 
 __all__ = [
@@ -79,6 +80,8 @@ def tree_attention(
     fn = tree_attention_reference
     if choose(q.device) == "triton":
         from .attention import tree_attention_triton as fn
+    elif grounding_end is None:  # torch path without grounding: SDPA's fused kernels, not the oracle
+        return tree_attention_sdpa(q, k, v, tree_mask=tree_mask, prefix_len=prefix_len, scale=scale, out=out), None
     return fn(
         q, k, v, tree_mask=tree_mask, prefix_len=prefix_len, scale=scale,
         grounding_end=grounding_end, grounding_start=grounding_start, out=out,

@@ -147,3 +147,36 @@ def tree_attention_reference(
     if grounding_end is not None:
         grounding = p[..., grounding_start:grounding_end].sum(-1).reshape(bsz, hq, n)  # [B, Hq, n]
     return out, grounding
+
+
+def tree_attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    tree_mask: torch.Tensor,
+    prefix_len: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The torch path's fast case, when no grounding is asked: torch SDPA (same shapes as the reference).
+
+    A single node sees everything (no mask) and a causal prefill from an empty cache is `is_causal`,
+    both of which reach SDPA's fused CPU kernel; other trees pass the [n, T] boolean mask. The
+    reference stays the oracle: it is tested against this path on every tree shape.
+    """
+    check_tree_attention_args(q, k, v, tree_mask, prefix_len, 0, None)
+    n, hq, hkv = q.shape[2], q.shape[1], k.shape[1]
+    mask, causal = None, False
+    if n > 1:
+        if prefix_len == 0 and bool(torch.equal(tree_mask, causal_tree_mask(n, tree_mask.device))):
+            causal = True
+        else:
+            mask = build_allowed_mask(tree_mask, prefix_len)  # [n, T]
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=hq != hkv,
+    )  # fmt: skip  # [B, Hq, n, D]
+    if out is None:
+        return o
+    out.copy_(o)
+    return out

@@ -176,3 +176,22 @@ def test_dispatcher_and_errors(device, monkeypatch):
         with pytest.raises(ValueError, match="multiple"):
             fn(q.expand(1, 2, 4, 16), k.expand(1, 3, 7, 16).contiguous(), v.expand(1, 3, 7, 16).contiguous(),
                tree_mask=mask, prefix_len=3, scale=0.25)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind,n,group,prefix_len,dim", CASES + [("causal", 12, 3, 0, 16), ("causal", 12, 1, 8, 16)])
+def test_sdpa_path_matches_reference(dtype, kind, n, group, prefix_len, dim, monkeypatch):
+    """The torch path without grounding (SDPA: no mask for one node, is_causal for a prefill, else
+    the boolean [n, T] mask) against the reference oracle, on every tree shape."""
+    gen = torch.Generator().manual_seed(n)
+    mask = causal_tree_mask(n) if kind == "causal" else mask_from_parents(random_parents(kind, n, gen))
+    q, k, v = make_inputs(1, 2, group, n, prefix_len, dim, dtype, "cpu", seed=n)
+    scale = 1 / math.sqrt(dim)
+    ref, _ = tree_attention_reference(q, k, v, tree_mask=mask, prefix_len=prefix_len, scale=scale)
+    got = K.tree_attention_sdpa(q, k, v, tree_mask=mask, prefix_len=prefix_len, scale=scale,
+                                out=torch.full_like(q, float("nan")))  # poisoned, every element checked
+    torch.testing.assert_close(got.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
+    monkeypatch.setenv("SPECGEN_KERNELS", "torch")  # the dispatcher's torch path takes it when no grounding is asked
+    via, g = K.tree_attention(q, k, v, tree_mask=mask, prefix_len=prefix_len, scale=scale)
+    assert g is None
+    torch.testing.assert_close(via, got, atol=0.0, rtol=0.0)
