@@ -61,14 +61,15 @@ def metrics_table(metrics: dict[str, Any], category: str, title: str | None = No
 
     table = Table(title=title or category, title_justify="left",
                   caption="tau: tokens/step (bonus incl.); accept: drafted tokens accepted; speedup: mean tok/s / ar's; "
-                          "=ar: token-identical to ar; em: same text as ar; p/v/o: propose/verify/other share of time")
+                          "=ar: token-identical to ar; em: same text as ar; answer acc: numeric answers right (GSM8K, math); "
+                          "p/v/o: propose/verify/other share of time")
     for col in ("method", "n", "tau", "accept", "tok/s", "speedup", "=ar", "quality", "p/v/o time"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for method, cats in metrics.items():
         m = cats.get(category)
         if m is None:
             continue
-        quality = [f"gsm8k {m['gsm8k_accuracy']:.0%}"] if m.get("gsm8k_accuracy") is not None else []
+        quality = [f"answer acc {m['gsm8k_accuracy']:.0%}"] if m.get("gsm8k_accuracy") is not None else []
         quality += [f"pass@1 {m['pass_at_1']:.0%}"] if m.get("pass_at_1") is not None else []
         if m.get("exact_match_ar") is not None and method != "ar":
             quality.append(f"em {m['exact_match_ar']:.0%}")
