@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..decoding.policy import POLICY_MODES
+from ..decoding.policy import DraftPolicyConfig
 from ..errors import SpecgenError
 from .humaneval import check_completion
 from .suites import Question, gsm8k_answer, load_suite, normalise_number
@@ -76,8 +76,7 @@ class BenchConfig:
             raise SpecgenError(f"warmup must be >= 0, got {self.warmup}")
         if self.turns < 1:
             raise SpecgenError(f"turns must be >= 1, got {self.turns}")
-        if self.draft_policy not in POLICY_MODES:
-            raise SpecgenError(f"draft policy must be one of {', '.join(POLICY_MODES)}, got '{self.draft_policy}'")
+        DraftPolicyConfig(mode=self.draft_policy)  # validates the mode (one-line SpecgenError)
         if any(b < 1 for b in self.budgets):
             raise SpecgenError(f"budgets must be >= 1, got {', '.join(map(str, self.budgets))}")
 
@@ -211,8 +210,7 @@ def task_quality(question: Question, text: str, turn: int) -> dict[str, Any]:
             got = next((n for n in reversed(nums) if n is not None), None)
         out["correct"] = got == normalise_number(question.reference)
     if turn == 0 and question.test is not None and question.entry_point is not None:
-        prompt = question.code_prompt if question.code_prompt is not None else question.turns[0]
-        out["passed"] = check_completion(prompt, text, question.test, question.entry_point).passed
+        out["passed"] = check_completion(question.source_prompt, text, question.test, question.entry_point).passed
     return out
 
 
@@ -303,7 +301,6 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     config would load: tests inject fakes through them.
     """
     from ..config import GenerationConfig, SamplingConfig
-    from ..decoding.policy import DraftPolicyConfig
     from .report import environment
     from .metrics import summarize
 

@@ -71,8 +71,7 @@ def write_self_corpus(suite: str, out: str | os.PathLike[str], *, skip: int = 5,
                 gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=question_stop(bundle.tokenizer, q))
                 res = generate(bundle, ids, method=method, gen=gen)
                 tokens += len(res.token_ids)
-                prompt_text = q.code_prompt if q.code_prompt is not None else q.turns[0]
-                fh.write(json.dumps(corpus_record(bundle.tokenizer, q, prompt_text, res.text)) + "\n")
+                fh.write(json.dumps(corpus_record(bundle.tokenizer, q, q.source_prompt, res.text)) + "\n")
                 if progress:
                     progress(i + 1, len(questions))
         os.replace(tmp, path)

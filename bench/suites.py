@@ -56,6 +56,11 @@ class Question:
     code_prompt: str | None = None  # HumanEval: the code prompt (a base model continues it; tests run on it)
     subcategory: str | None = None  # Spec-Bench mt_bench: the MT-bench category (writing, coding, ...)
 
+    @property
+    def source_prompt(self) -> str:
+        """What a completion continues and HumanEval's tests run on: the code prompt, else the first turn."""
+        return self.code_prompt if self.code_prompt is not None else self.turns[0]
+
 
 def shared_data_file(name: str) -> Path:
     """`../shared/data/<name>` next to the repository root, else next to the working directory."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecgenError
-from .suites import SHARED_FILES, shared_data_file
+from .suites import suite_path
 
 SIGNAL_LABELS = {
     "conf_mean_exp": "confidence, exp(mean log p)",
@@ -27,12 +27,9 @@ SIGNAL_LABELS = {
 
 def gsm8k_file(suite: str) -> Path:
     """The GSM8K JSONL of `suite`: the shared file for 'gsm8k', else a path given by the user."""
-    if suite == "gsm8k":
-        return shared_data_file(SHARED_FILES["gsm8k"])
-    path = Path(suite)
-    if not path.is_file():
+    if suite != "gsm8k" and not Path(suite).expanduser().is_file():
         raise SpecgenError(f"--verifier needs --suite gsm8k or a GSM8K-format JSONL file, got {suite}")
-    return path
+    return suite_path(suite)
 
 
 def run_verifier_bench(suite: str, limit: int | None, *, model: str | None = None, dtype: str = "float32",

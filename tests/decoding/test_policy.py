@@ -72,3 +72,11 @@ def test_adaptive_policy_skips_hopeless_drafts_and_stays_lossless(tiny_bundle: A
     # average 1.0 -> 0.5 -> 0.25 after two failed drafts; then one probe every 4 steps
     assert adaptive_stats.steps == 23 and adaptive_calls == 2 + (23 - 2) // 4
     assert adaptive_stats.draft_skipped == 23 - adaptive_calls
+
+
+def test_bench_config_refuses_an_unknown_policy() -> None:
+    from specgen.bench.runner import BenchConfig
+
+    with pytest.raises(SpecgenError, match="draft policy must be one of"):
+        BenchConfig(draft_policy="never")
+    assert BenchConfig(draft_policy="always").fingerprint()["draft_policy"] == "always"
