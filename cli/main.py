@@ -94,6 +94,10 @@ def generate(
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="sd/specguard: the draft model."),
     draft_layers: Optional[int] = typer.Option(None, "--draft-layers", help="sd: self-draft from the target's first N layers."),
     index: Optional[Path] = typer.Option(None, "--index", help="rest/sense: datastore folder from build-index."),
+    neighbours: Optional[int] = typer.Option(None, "--neighbours", help="sense: datastore neighbours per step (default 32)."),
+    min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="sense: cosine floor for a neighbour (default 0.3)."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="sense: draft only when the best candidate's evidence "
+                                                                        "reaches this (default 0.5; 0 = always draft)."),
     gate: Optional[str] = typer.Option(None, "--gate", help="sense: soft gate on|off (off = lossless)."),
     gate_alpha: Optional[float] = typer.Option(None, "--gate-alpha", help="sense gate: accept d if p(d) >= alpha p(argmax)."),
     gate_tau_e: Optional[float] = typer.Option(None, "--gate-tau-e", help="sense gate: embedding cosine floor."),
@@ -121,12 +125,15 @@ def generate(
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
     if gate not in (None, "on", "off"):
         raise SpecgenError(f"--gate must be on or off, got '{gate}'")
+    if neighbours is not None and method != "sense":
+        raise SpecgenError(f"option --neighbours does not apply to method '{method}'")
     text = read_prompt(prompt, prompt_file)
     gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=tuple(stop or ()), node_budget=node_budget,
                            draft_policy=DraftPolicyConfig(mode=draft_policy),
                            sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
     options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
                    draft_layers=draft_layers, index=str(index) if index else None,
+                   k=neighbours, min_similarity=min_similarity, min_score=min_score,
                    gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,
                    tau=tau, beta=beta, selector=selector, signals=signals, rule=rule, tau_confidence=tau_confidence,

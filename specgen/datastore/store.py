@@ -50,6 +50,7 @@ class SemanticIndex:
         self.projection = projection
         self._suffix: SuffixArray | None = None
         self._device_keys: torch.Tensor | None = None  # [N, d] keys on the kernel's device, lazily
+        self._postings: tuple[np.ndarray, np.ndarray] | None = None  # key ids by next token, lazily
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -182,6 +183,39 @@ class SemanticIndex:
         scores_np[:, :kk] = scores.float().cpu().numpy()
         ids_np[:, :kk] = ids.cpu().numpy()
         return scores_np, ids_np
+
+    def postings(self, token: int) -> np.ndarray:
+        """[m] ids of the keys whose stored continuation starts with `token` (the token that followed them)."""
+        if self._postings is None:
+            first = np.asarray(self.values[:, 0], dtype=np.int64)  # [N]
+            order = np.argsort(first, kind="stable")  # [N]
+            self._postings = (order, first[order])
+        order, sorted_first = self._postings
+        lo, hi = np.searchsorted(sorted_first, token, "left"), np.searchsorted(sorted_first, token, "right")
+        return order[lo:hi]
+
+    def search_followed_by(self, query: torch.Tensor | np.ndarray, token: int, k: int,
+                           max_rows: int = 16384) -> tuple[np.ndarray, np.ndarray] | None:
+        """Exact top-`k` of one raw hidden state [H] among the keys followed by `token`: (scores [k'], ids [k']).
+
+        Token-conditioned search: a neighbour whose next token differs from the pending one drafts
+        nothing, so scoring only the pending token's posting list (exact, from the stored keys) finds
+        more useful neighbours than a global top-k that is filtered afterwards, and reads fewer keys.
+        Returns None when the list holds more than `max_rows` keys (a very frequent token in a large
+        datastore): the caller then falls back to the global index.
+        """
+        ids = self.postings(token)  # [m]
+        if ids.size > max_rows:
+            return None
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        q = self.prepare(query)[0]  # [d]
+        rows = np.asarray(self.keys[np.sort(ids)], dtype=np.float32)  # [m, d]; sorted ids read the memmap in order
+        scores = rows @ q  # [m]
+        kk = min(k, scores.shape[0])
+        top = np.argpartition(-scores, kk - 1)[:kk] if kk < scores.shape[0] else np.arange(scores.shape[0])
+        top = top[np.argsort(-scores[top], kind="stable")]  # [kk] best first
+        return scores[top].astype(np.float32), np.sort(ids)[top].astype(np.int64)
 
     def continuations(self, ids: np.ndarray) -> np.ndarray:
         """Stored continuations of key ids [...] -> [..., L] int32 (-1 past a document's end or for id -1)."""

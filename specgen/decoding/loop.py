@@ -93,7 +93,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     rng = torch.Generator().manual_seed(gen.sampling.seed if gen.sampling.seed is not None else 0)
     layer = proposer.hidden_layer
     embeddings = model.get_input_embeddings().weight if gate is not None and gate.enabled else None  # [V, H]
-    policy = DraftPolicy(gen.draft_policy, model.device.type)
+    policy = DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated)
     t0 = time.perf_counter()
 
     n = len(prompt_ids)

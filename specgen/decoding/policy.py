@@ -8,6 +8,10 @@ tokens accepted per drafting step, drafts while it is at least `min_expected` (t
 and otherwise runs plain steps, still drafting every `probe_every`-th step so that it notices when
 drafts start to pay again (a copy-heavy stretch) and resumes. Skipping a draft never changes the
 output: the target's tokens are the same, only the step count changes (lossless either way).
+
+A proposer that gates itself (`Proposer.self_gated`: it returns no candidates when its own evidence
+is too weak, as `sense` does under `min_score`) knows better than a moving average which steps will
+pay, so the policy defers to it and drafts whenever it proposes.
 """
 from __future__ import annotations
 
@@ -45,15 +49,16 @@ class DraftPolicyConfig:
 class DraftPolicy:
     """Per-generation state of DraftPolicyConfig: `should_draft()` before a step, `update()` after."""
 
-    def __init__(self, cfg: DraftPolicyConfig, device_type: str = "cpu") -> None:
+    def __init__(self, cfg: DraftPolicyConfig, device_type: str = "cpu", *, self_gated: bool = False) -> None:
         self.cfg = cfg
+        self.self_gated = self_gated
         self.threshold = cfg.min_expected if cfg.min_expected is not None else AUTO_MIN_EXPECTED.get(device_type, 0.1)
         self.average = cfg.initial
         self.plain_run = 0  # plain steps since the last drafting step
         self.skipped = 0  # steps where drafting was skipped by the policy
 
     def should_draft(self) -> bool:
-        if self.cfg.mode == "always" or self.average >= self.threshold:
+        if self.cfg.mode == "always" or self.self_gated or self.average >= self.threshold:
             return True
         if self.plain_run + 1 >= self.cfg.probe_every:
             return True

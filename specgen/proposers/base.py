@@ -52,6 +52,9 @@ class Proposer(ABC):
     hidden_layer: int | None = None
     # Whether the loop must also keep `context_hidden` for every committed position.
     wants_context_hidden: bool = False
+    # True when the proposer itself returns no candidates at steps where its evidence is too weak to
+    # pay for verification; the loop's adaptive draft policy then defers to it (decoding/policy.py).
+    self_gated: bool = False
 
     def reset(self, prompt_ids: list[int]) -> None:
         """Start a new generation for `prompt_ids` (drop per-request state)."""

@@ -39,20 +39,29 @@ class SenseConfig:
     index: str | None = None  # datastore folder; None = the live context only
     use_datastore: bool = True  # search the index (when one is given)
     use_context: bool = True  # search the live context's hidden states
-    k: int = 16  # datastore neighbours per step
+    k: int = 32  # datastore neighbours per step
+    # Search only the keys followed by the pending token (exact, over its posting list) instead of a
+    # global top-k filtered afterwards; falls back to the global index past `conditioned_max_rows`.
+    token_conditioned: bool = True
+    conditioned_max_rows: int = 16384
     context_k: int = 16  # context neighbours per step (among positions followed by the pending token)
-    min_similarity: float = 0.5  # cosine floor for a neighbour (0.8 in DESIGN's simulation: fewer, better nodes)
-    datastore_weight: float = 1.0  # multiplies datastore similarities in the merged scores
+    min_similarity: float = 0.3  # cosine floor for a neighbour
+    # Context neighbours predict the answer far better than datastore ones (DESIGN.md section 2:
+    # tau 2.23 against 1.22), so a datastore neighbour counts less in the trie.
+    datastore_weight: float = 0.5  # multiplies datastore similarities in the merged scores
     context_weight: float = 1.0  # multiplies context similarities
-    min_score: float = 0.0  # draft nothing when the best merged candidate scores below this
+    # Draft nothing when the best merged candidate scores below this (a plain step). > 0 makes the
+    # proposer self-gated: the loop's adaptive draft policy defers to it. Replayed on Spec-Bench
+    # (bench/replay.py), drafting steps under 0.5 accepted 0.29 tokens, under break-even on CPU.
+    min_score: float = 0.5
     max_draft_len: int = 15  # tokens per candidate (datastore: at most continuation_len - 1)
     max_candidates: int = 32  # candidates handed to the trie, best first
     layer: int = -1  # hidden layer without an index (with one, the index's layer is used)
     gate: SoftGateConfig = field(default_factory=SoftGateConfig)
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.context_k < 1 or self.max_draft_len < 1 or self.max_candidates < 1:
-            raise SpecgenError("sense: k, context-k, max-draft-len and max-candidates must be >= 1")
+        if min(self.k, self.context_k, self.max_draft_len, self.max_candidates, self.conditioned_max_rows) < 1:
+            raise SpecgenError("sense: k, context-k, max-draft-len, max-candidates and conditioned-max-rows must be >= 1")
         if not -1.0 <= self.min_similarity <= 1.0:
             raise SpecgenError(f"sense: min-similarity must be in [-1, 1], got {self.min_similarity}")
         if not (self.use_datastore or self.use_context):
@@ -71,14 +80,19 @@ class SenseProposer(Proposer):
         self.index = index if cfg.use_datastore else None
         self.hidden_layer = index.layer if index is not None else cfg.layer
         self.wants_context_hidden = cfg.use_context
+        self.self_gated = cfg.min_score > 0
         if self.index is None and not cfg.use_context:
             raise SpecgenError("sense: the datastore is off or missing and the context search is off: nothing to draft from")
 
     def _from_datastore(self, query: torch.Tensor, pending: int, merged: dict[tuple[int, ...], float], length: int) -> None:
         assert self.index is not None
-        scores, ids = self.index.search(query.view(1, -1), k=self.cfg.k)  # [1, k], [1, k]
-        conts = self.index.continuations(ids[0])  # [k, L]
-        for score, cont in zip(scores[0].tolist(), conts):
+        found = self.index.search_followed_by(query, pending, self.cfg.k, self.cfg.conditioned_max_rows) \
+            if self.cfg.token_conditioned else None
+        if found is None:
+            scores2, ids2 = self.index.search(query.view(1, -1), k=self.cfg.k)  # [1, k], [1, k]
+            found = (scores2[0], ids2[0])
+        conts = self.index.continuations(found[1])  # [k', L]
+        for score, cont in zip(found[0].tolist(), conts):
             if score < self.cfg.min_similarity or int(cont[0]) != pending:
                 continue
             draft = cont[1: 1 + length]  # [<= L - 1]

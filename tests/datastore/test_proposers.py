@@ -58,8 +58,9 @@ def test_sense_datastore_neighbour_drafts_what_followed(index: Path, tok: Any, m
     doc = idx.tokens[:200].tolist()
     t = 120  # committed up to t; doc[t + 1] is the pending token
     hs = _hidden(model, doc[: t + 1])  # [t + 1, H]
-    proposer = get_method("sense").factory(_bundle(model, tok), SenseConfig(index=str(index), use_context=False))
-    assert proposer.hidden_layer == -1 and not proposer.wants_context_hidden
+    proposer = get_method("sense").factory(_bundle(model, tok), SenseConfig(index=str(index), use_context=False,
+                                                                                 min_score=0.0))
+    assert proposer.hidden_layer == -1 and not proposer.wants_context_hidden and not proposer.self_gated
     cands = proposer.propose(ProposeContext(tokens=doc[: t + 2], prompt_len=10, budget=6, hidden=hs[t]))
     assert doc[t + 2: t + 8] in cands.sequences
     # every candidate came from a neighbour followed by the pending token, so none is empty
@@ -71,7 +72,7 @@ def test_sense_context_search(tok: Any, model: Any) -> None:
               add_special_tokens=False)["input_ids"]
     seq = ids + tok(" # and again: ", add_special_tokens=False)["input_ids"] + ids[:6]
     hs = _hidden(model, seq[:-1])  # [L, H]: positions with KV; seq[-1] is pending
-    proposer = SenseProposer(SenseConfig(min_similarity=0.0), index=None)
+    proposer = SenseProposer(SenseConfig(min_similarity=0.0, min_score=0.0), index=None)
     assert proposer.wants_context_hidden
     cands = proposer.propose(ProposeContext(tokens=seq, prompt_len=len(seq) - 1, budget=5, hidden=hs[-1],
                                             context_hidden=hs))
@@ -98,7 +99,7 @@ def test_greedy_output_identical_to_ar(method: str, index: Path, tok: Any, model
     prompt = idx.tokens[3000:3040].tolist()
     gen = GenerationConfig(max_new_tokens=24, stop_at_eos=False)
     ref = generate(bundle, prompt, method="ar", gen=gen)
-    cfg = RESTConfig(index=str(index)) if method == "rest" else SenseConfig(index=str(index), min_similarity=0.0)
+    cfg = RESTConfig(index=str(index)) if method == "rest" else SenseConfig(index=str(index), min_similarity=0.0, min_score=0.0)
     got = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
     assert got.token_ids == ref.token_ids
     assert got.stats.drafted > 0

@@ -1,0 +1,135 @@
+"""Trace replay: the mean acceptance length a lossless proposer would reach, without decoding.
+
+A greedy lossless method's output is the target's greedy output, so drafting can be scored offline:
+record each prompt's greedy continuation once with one forward over prompt + answer (which also
+yields every position's hidden state), then at each step hand the proposer exactly the context the
+decode loop would, build the pruned tree, and walk it against the recorded tokens. This is how
+DESIGN.md section 2 compared drafters; it lets a proposer's options be tuned in seconds instead of a
+benchmark run per setting. Step accounting follows the loop: every step emits the accepted draft
+tokens plus the bonus token, and with `policy` the adaptive draft policy decides when to draft.
+
+Replay measures tau only; speed comes from `specgen bench`, which decodes for real.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..decoding.policy import DraftPolicy, DraftPolicyConfig
+from ..decoding.tree import build_tree
+from ..proposers.base import Proposer, ProposeContext
+
+
+@dataclass
+class Trace:
+    """One prompt's greedy continuation and the hidden states of every position."""
+
+    question_id: str
+    category: str
+    prompt_ids: list[int]
+    output_ids: list[int]
+    hidden: torch.Tensor | None  # [P + T - 1, H] at `layer`: positions that get a KV entry while decoding
+    layer: int = -1
+
+
+@dataclass
+class ReplayStats:
+    """Steps and tokens of one replayed trace (or a sum of them)."""
+
+    steps: int = 0
+    tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    accept_lengths: list[int] = field(default_factory=list)  # tokens emitted per step
+    draft_sizes: list[int] = field(default_factory=list)  # draft nodes verified per step (0 = plain step)
+
+    @property
+    def tau(self) -> float:
+        """Mean acceptance length: tokens per step after prefill, bonus token included (DESIGN.md section 1)."""
+        return self.tokens / self.steps if self.steps else 0.0
+
+    def __iadd__(self, other: "ReplayStats") -> "ReplayStats":
+        self.steps += other.steps
+        self.tokens += other.tokens
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        self.accept_lengths += other.accept_lengths
+        self.draft_sizes += other.draft_sizes
+        return self
+
+
+@torch.inference_mode()
+def hidden_states(model: Any, ids: list[int], layer: int) -> torch.Tensor:
+    """[len(ids), H] hidden states of one causal forward: the final normed state (layer -1) or layer `layer`'s output."""
+    out = model.model(input_ids=torch.tensor([ids], device=model.device), output_hidden_states=layer >= 0,
+                      use_cache=False)
+    states = out.last_hidden_state if layer < 0 else out.hidden_states[layer + 1]  # [1, L, H]
+    return states[0].float().cpu()
+
+
+def record_trace(bundle: Any, question_id: str, category: str, prompt_ids: list[int], output_ids: list[int],
+                 layer: int | None = -1) -> Trace:
+    """A Trace for a recorded greedy output; hidden states at `layer` (None: none, for lexical proposers)."""
+    seq = prompt_ids + output_ids[:-1]
+    hidden = hidden_states(bundle.model, seq, layer) if layer is not None else None
+    return Trace(question_id, category, list(prompt_ids), list(output_ids), hidden, -1 if layer is None else layer)
+
+
+def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyConfig | None = None) -> ReplayStats:
+    """Replay `proposer` on `trace` with `budget` draft nodes per step; `policy` None drafts at every step.
+
+    The first output token comes from prefill (no step), as in the decode loop.
+    """
+    p, out = len(trace.prompt_ids), trace.output_ids
+    if proposer.hidden_layer is not None and trace.hidden is None:
+        raise ValueError("this proposer needs hidden states: record the trace with a layer")
+    drafting = DraftPolicy(policy, self_gated=proposer.self_gated) if policy is not None else None
+    proposer.reset(list(trace.prompt_ids))
+    stats = ReplayStats()
+    i = 0  # index in `out` of the pending token
+    while i + 1 < len(out):
+        tokens = trace.prompt_ids + out[: i + 1]
+        n_kv = p + i
+        left = min(budget, len(out) - 1 - i)
+        ctx = ProposeContext(tokens=tokens, prompt_len=p, budget=left,
+                             hidden=trace.hidden[n_kv - 1] if trace.hidden is not None else None,
+                             context_hidden=trace.hidden[:n_kv] if proposer.wants_context_hidden and trace.hidden is not None else None)
+        draft = drafting is None or drafting.should_draft()
+        cands = proposer.propose(ctx) if draft and left > 0 else None
+        accepted, drafted = 0, 0
+        if cands is not None and len(cands):
+            tree = build_tree(out[i], cands, left)
+            drafted = tree.size - 1
+            node = 0
+            while True:
+                want = out[i + 1 + accepted] if i + 1 + accepted < len(out) else None
+                nxt = next((c for c in tree.children[node] if int(tree.tokens[c]) == want), None)
+                if nxt is None:
+                    break
+                node, accepted = nxt, accepted + 1
+        emitted = min(accepted + 1, len(out) - 1 - i)
+        i += emitted
+        proposer.commit(trace.prompt_ids + out[: i + 1], p + i)
+        if drafting is not None:
+            drafting.update(drafted, accepted)
+        stats.steps += 1
+        stats.tokens += emitted
+        stats.drafted += drafted
+        stats.accepted += accepted
+        stats.accept_lengths.append(emitted)
+        stats.draft_sizes.append(drafted)
+    return stats
+
+
+def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,
+               policy: DraftPolicyConfig | None = None) -> dict[str, ReplayStats]:
+    """Per category and "overall": summed replay statistics of a fresh proposer per trace."""
+    result: dict[str, ReplayStats] = {"overall": ReplayStats()}
+    for tr in traces:
+        s = replay(make(), tr, budget, policy)
+        result.setdefault(tr.category, ReplayStats())
+        result[tr.category] += s
+        result["overall"] += s
+    return result

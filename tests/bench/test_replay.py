@@ -1,0 +1,68 @@
+"""Trace replay scores drafting exactly as the decode loop does (the loop is the oracle)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "datastore"))
+
+from _tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+from specgen.bench.replay import record_trace, replay, replay_all  # noqa: E402
+from specgen.config import GenerationConfig, PLDConfig  # noqa: E402
+from specgen.decoding.policy import DraftPolicyConfig  # noqa: E402
+from specgen.generate import generate  # noqa: E402
+from specgen.models import ModelBundle  # noqa: E402
+from specgen.proposers.registry import get_method  # noqa: E402
+from specgen.proposers.sense import SenseConfig  # noqa: E402
+
+TEXT = ("def parse_args(self, args=None, namespace=None):\n    args, argv = self.parse_known_args(args, namespace)\n"
+        "    if argv:\n        self.error('unrecognized arguments')\n    return args\n\n"
+        "def parse_known_args(self, args=None, namespace=None):\n    return self.parse_args(args, namespace)\n")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    return ModelBundle(model=tiny_model(len(tok)), tokenizer=tok, name="tiny", path=None)
+
+
+@pytest.mark.parametrize("method,cfg", [("pld", PLDConfig()), ("sense", SenseConfig(min_similarity=0.0, min_score=0.0)),
+                                        ("sense", SenseConfig(min_similarity=0.0, min_score=0.4))])
+@pytest.mark.parametrize("mode", ["always", "adaptive"])
+def test_replay_counts_the_steps_the_loop_takes(bundle: Any, method: str, cfg: Any, mode: str) -> None:
+    prompt = bundle.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    gen = GenerationConfig(max_new_tokens=40, stop_at_eos=False, node_budget=8,
+                           draft_policy=DraftPolicyConfig(mode=mode))
+    live = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
+    trace = record_trace(bundle, "q", "code", prompt, live.token_ids, -1 if method == "sense" else None)
+    assert trace.hidden is None or trace.hidden.shape[0] == len(prompt) + len(live.token_ids) - 1
+    got = replay(get_method(method).factory(bundle, cfg), trace, 8, gen.draft_policy)
+    assert got.steps == live.stats.steps
+    assert got.tokens == len(live.token_ids) - 1  # the first token comes from prefill
+    assert got.accepted == live.stats.accepted
+    assert got.drafted == live.stats.drafted
+    if get_method(method).factory(bundle, cfg).self_gated:
+        # the policy defers to a self-gated proposer: it never skips; the proposer drafts at some steps only
+        assert live.stats.draft_skipped == 0 and 0 < got.drafted and 0 in got.draft_sizes
+    else:
+        assert got.tau > 1.0  # the prompt repeats itself: drafts must land
+
+
+def test_replay_all_sums_categories(bundle: Any) -> None:
+    tok = bundle.tokenizer
+    a = tok(TEXT, add_special_tokens=False)["input_ids"]
+    traces = [record_trace(bundle, "a", "x", a[:30], a[30:70], None), record_trace(bundle, "b", "y", a[:50], a[50:90], None)]
+    res = replay_all(lambda: get_method("pld").factory(bundle, PLDConfig()), traces, 8)
+    assert set(res) == {"overall", "x", "y"}
+    assert res["overall"].steps == res["x"].steps + res["y"].steps
+    assert res["overall"].tokens == 39 + 39
+    assert sum(res["overall"].accept_lengths) == res["overall"].tokens
+    with pytest.raises(ValueError, match="hidden states"):
+        replay(get_method("sense").factory(bundle, SenseConfig()), traces[0], 8)
