@@ -7,6 +7,8 @@ decode loop would, build the pruned tree, and walk it against the recorded token
 DESIGN.md section 2 compared drafters; it lets a proposer's options be tuned in seconds instead of a
 benchmark run per setting. Step accounting follows the loop: every step emits the accepted draft
 tokens plus the bonus token, and with `policy` the adaptive draft policy decides when to draft.
+Trees are sized by the node budget (`TreeSizingConfig(mode="budget")`): replay has no clock, so the
+loop's default cost-aware sizing, which times the machine, is left to `specgen bench`.
 
 Replay measures tau only; speed comes from `specgen bench`, which decodes for real.
 """
@@ -17,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..datastore.build import hidden_states
 from ..decoding.policy import DraftPolicy, DraftPolicyConfig
 from ..decoding.tree import build_tree
 from ..proposers.base import Proposer, ProposeContext
@@ -60,20 +63,14 @@ class ReplayStats:
         return self
 
 
-@torch.inference_mode()
-def hidden_states(model: Any, ids: list[int], layer: int) -> torch.Tensor:
-    """[len(ids), H] hidden states of one causal forward: the final normed state (layer -1) or layer `layer`'s output."""
-    out = model.model(input_ids=torch.tensor([ids], device=model.device), output_hidden_states=layer >= 0,
-                      use_cache=False)
-    states = out.last_hidden_state if layer < 0 else out.hidden_states[layer + 1]  # [1, L, H]
-    return states[0].float().cpu()
-
-
 def record_trace(bundle: Any, question_id: str, category: str, prompt_ids: list[int], output_ids: list[int],
                  layer: int | None = -1) -> Trace:
     """A Trace for a recorded greedy output; hidden states at `layer` (None: none, for lexical proposers)."""
-    seq = prompt_ids + output_ids[:-1]
-    hidden = hidden_states(bundle.model, seq, layer) if layer is not None else None
+    seq = torch.tensor([prompt_ids + output_ids[:-1]], device=bundle.model.device)  # [1, P + T - 1]
+    hidden = None
+    if layer is not None:
+        with torch.inference_mode():
+            hidden = hidden_states(bundle.model, seq, None, layer)[0].float().cpu()  # [P + T - 1, H]
     return Trace(question_id, category, list(prompt_ids), list(output_ids), hidden, -1 if layer is None else layer)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .decoding.policy import DraftPolicyConfig
+from .decoding.sizing import TreeSizingConfig
 from .errors import SpecgenError
 
 
@@ -45,6 +46,8 @@ class GenerationConfig:
     stop_at_eos: bool = True
     # When to skip drafting (decoding/policy.py); mode="always" drafts at every step.
     draft_policy: DraftPolicyConfig = field(default_factory=DraftPolicyConfig)
+    # How many of the budget's nodes to verify per step (decoding/sizing.py); mode="budget" = all.
+    tree_sizing: TreeSizingConfig = field(default_factory=TreeSizingConfig)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

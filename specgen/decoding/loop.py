@@ -16,6 +16,7 @@ from ..config import GenerationConfig, SoftGateConfig
 from ..proposers.base import Candidates, Proposer, ProposeContext
 from .accept import accept_greedy, accept_sampling, target_probs
 from .policy import DraftPolicy
+from .sizing import AcceptanceModel, CostProfile, choose_size, measure_cost_profile
 from .stats import GenerationStats, StepRecord
 from .tree import build_tree
 from .verify import verify_tree
@@ -111,6 +112,12 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         context_hidden = out.hidden if proposer.wants_context_hidden else None  # [L, H]
         last_hidden = out.hidden[-1] if out.hidden is not None else None  # [H]
         first_logits = out.logits[-1]  # [V]
+    sizing = gen.tree_sizing
+    profile: CostProfile | None = None
+    if sizing.mode == "cost" and proposer.name != "ar":
+        profile = measure_cost_profile(model, cache, n, sizing)  # timed once per model, device and threads
+        stats.cost_profile = profile.to_dict()
+    calibration = AcceptanceModel(sizing.prior_mean, sizing.prior_weight)
     tokens = list(prompt_ids)
     proposer.reset(list(prompt_ids))
     first = stopper.feed([_pick(first_logits, gen, rng)])
@@ -126,7 +133,10 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         cands = proposer.propose(ProposeContext(tokens=tokens, prompt_len=len(prompt_ids), budget=budget,
                                                 hidden=last_hidden, context_hidden=context_hidden)) \
             if budget > 0 and policy.should_draft() else Candidates()
-        tree = build_tree(tokens[-1], cands, budget)
+        size_fn = None
+        if profile is not None:
+            size_fn = lambda scores: choose_size([calibration.prob(x) for x in scores], profile, budget)  # noqa: E731
+        tree = build_tree(tokens[-1], cands, budget, size_fn)
         tb = time.perf_counter()
         ver = verify_tree(model, cache, tree, n_kv, hidden_layer=layer)
         tc = time.perf_counter()
@@ -135,6 +145,9 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         else:
             acc = accept_sampling(tree, ver.logits, gen.sampling, rng)
         adapter.commit_cache(cache, n_kv, acc.path)
+        if tree.size > 1:
+            on_path = set(acc.path)
+            calibration.update(list(tree.scores[1:]), [i in on_path for i in range(1, tree.size)])
         path = list(acc.path)
         if ver.hidden is not None:
             last_hidden = ver.hidden[path[-1]]

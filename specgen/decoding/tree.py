@@ -7,6 +7,7 @@ root, the pending token; nodes are in breadth-first order, so a parent's index i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -22,6 +23,7 @@ class Tree:
     depth: torch.Tensor  # [n] int64, depth[0] = 0
     mask: torch.Tensor  # [n, n] bool, mask[i, j] = j is i or an ancestor of i
     children: tuple[tuple[int, ...], ...]  # per node, child indices best-score first
+    scores: tuple[float, ...] = ()  # [n] per node, the summed score of the candidates through it (root: inf)
 
     @property
     def size(self) -> int:
@@ -36,11 +38,16 @@ class Tree:
         return path[::-1]
 
 
-def build_tree(root_token: int, cands: Candidates, budget: int) -> Tree:
+def build_tree(root_token: int, cands: Candidates, budget: int,
+               size: Callable[[list[float]], int] | None = None) -> Tree:
     """Trie of `cands` under `root_token`, keeping the `budget` best-scored draft nodes.
 
+    `size`, given the kept nodes' scores best first, may keep fewer: the first `size(scores)` of
+    them (decoding/sizing.py picks the count that pays for its verification).
+
     A node's score is the summed score of the candidates through it, so a parent never scores
-    below its child and the kept set is closed under ancestors (ties keep the shallower node).
+    below its child and the kept set is closed under ancestors (ties keep the shallower node);
+    nodes under `cands.min_node_score` are dropped, which keeps that closure.
     """
     # Trie as parallel lists; node 0 is the root.
     tok: list[int] = [root_token]
@@ -59,7 +66,10 @@ def build_tree(root_token: int, cands: Candidates, budget: int) -> Tree:
             score[child] += float(s)
             node = child
     # Best `budget` draft nodes, then breadth-first order (parent before child).
-    ranked = sorted(range(1, len(tok)), key=lambda i: (-score[i], dep[i], i))[:budget]
+    ranked = sorted((i for i in range(1, len(tok)) if score[i] >= cands.min_node_score),
+                    key=lambda i: (-score[i], dep[i], i))[:budget]
+    if size is not None and ranked:
+        ranked = ranked[: size([score[i] for i in ranked])]
     keep = [0] + sorted(ranked, key=lambda i: (dep[i], -score[i], i))
     new_index = {old: new for new, old in enumerate(keep)}
     n = len(keep)
@@ -76,4 +86,4 @@ def build_tree(root_token: int, cands: Candidates, budget: int) -> Tree:
             kids[p].append(i)
     for k in kids:
         k.sort(key=lambda i: -score[keep[i]])
-    return Tree(tokens, parents, depth, mask, tuple(tuple(k) for k in kids))
+    return Tree(tokens, parents, depth, mask, tuple(tuple(k) for k in kids), tuple(score[i] for i in keep))

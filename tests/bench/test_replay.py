@@ -14,6 +14,7 @@ from _tiny import tiny_model, tiny_tokenizer  # noqa: E402
 from specgen.bench.replay import record_trace, replay, replay_all  # noqa: E402
 from specgen.config import GenerationConfig, PLDConfig  # noqa: E402
 from specgen.decoding.policy import DraftPolicyConfig  # noqa: E402
+from specgen.decoding.sizing import TreeSizingConfig  # noqa: E402
 from specgen.generate import generate  # noqa: E402
 from specgen.models import ModelBundle  # noqa: E402
 from specgen.proposers.registry import get_method  # noqa: E402
@@ -39,7 +40,7 @@ def bundle() -> Any:
 def test_replay_counts_the_steps_the_loop_takes(bundle: Any, method: str, cfg: Any, mode: str) -> None:
     prompt = bundle.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     gen = GenerationConfig(max_new_tokens=40, stop_at_eos=False, node_budget=8,
-                           draft_policy=DraftPolicyConfig(mode=mode))
+                           draft_policy=DraftPolicyConfig(mode=mode), tree_sizing=TreeSizingConfig(mode="budget"))
     live = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
     trace = record_trace(bundle, "q", "code", prompt, live.token_ids, -1 if method == "sense" else None)
     assert trace.hidden is None or trace.hidden.shape[0] == len(prompt) + len(live.token_ids) - 1

@@ -244,3 +244,28 @@ def test_kernel_search_matches_faiss(big_index: Path, tok: Any, model: Any, kern
     distinct = np.abs(np.diff(want_s, axis=1, prepend=np.inf)) > 2e-3
     distinct &= np.abs(np.diff(want_s, axis=1, append=-np.inf)) > 2e-3
     assert np.all(got_i[distinct] == want_i[distinct])
+
+
+def test_token_conditioned_search_matches_faiss_on_the_posting_list(big_index: Path, tok: Any, model: Any) -> None:
+    import faiss
+
+    idx = SemanticIndex.load(big_index)
+    ids = idx.tokens[:512].tolist()
+    hs = _doc_hidden(model, ids)  # [512, H]
+    keys = np.asarray(idx.keys, dtype=np.float32)  # [N, d]
+    first = np.asarray(idx.values[:, 0])  # [N] the token that followed each key
+    for p in range(30, 500, 41):
+        token = int(first[p])
+        scores, got = idx.search_followed_by(hs[p], token, k=8)  # [k'], [k']
+        posting = np.flatnonzero(first == token)  # [m]
+        assert set(idx.postings(token).tolist()) == set(posting.tolist())
+        oracle = faiss.IndexFlatIP(keys.shape[1])
+        oracle.add(keys[posting])
+        want_s, want_i = oracle.search(idx.prepare(hs[p]), min(8, posting.size))  # [1, k']
+        assert np.all(first[got] == token) and got.size == want_i.shape[1]
+        np.testing.assert_allclose(scores, want_s[0], atol=1e-4)  # same scores: ids may differ only on ties
+        assert got[0] == p or np.allclose(keys[got[0]], keys[p], atol=1e-3)  # its own position first
+    common = int(np.bincount(first[first >= 0]).argmax())
+    assert idx.search_followed_by(hs[0], common, k=8, max_rows=1) is None  # too many keys: caller falls back
+    s, i = idx.search_followed_by(hs[0], 10**6, k=8)  # a token that never occurs
+    assert s.size == 0 and i.size == 0

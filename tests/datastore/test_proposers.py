@@ -53,13 +53,15 @@ def test_rest_drafts_the_corpus_continuation(index: Path, tok: Any, model: Any) 
         get_method("rest").factory(_bundle(model, tok), RESTConfig())
 
 
-def test_sense_datastore_neighbour_drafts_what_followed(index: Path, tok: Any, model: Any) -> None:
+@pytest.mark.parametrize("conditioned", [dict(token_conditioned=True), dict(token_conditioned=False),
+                                         dict(token_conditioned=True, conditioned_max_rows=1)])  # the last falls back
+def test_sense_datastore_neighbour_drafts_what_followed(index: Path, tok: Any, model: Any, conditioned: dict) -> None:
     idx = SemanticIndex.load(index)
     doc = idx.tokens[:200].tolist()
     t = 120  # committed up to t; doc[t + 1] is the pending token
     hs = _hidden(model, doc[: t + 1])  # [t + 1, H]
     proposer = get_method("sense").factory(_bundle(model, tok), SenseConfig(index=str(index), use_context=False,
-                                                                                 min_score=0.0))
+                                                                                 min_score=0.0, **conditioned))
     assert proposer.hidden_layer == -1 and not proposer.wants_context_hidden and not proposer.self_gated
     cands = proposer.propose(ProposeContext(tokens=doc[: t + 2], prompt_len=10, budget=6, hidden=hs[t]))
     assert doc[t + 2: t + 8] in cands.sequences

@@ -8,6 +8,7 @@ import pytest
 from specgen.config import GenerationConfig
 from specgen.decoding.loop import decode
 from specgen.decoding.policy import DraftPolicy, DraftPolicyConfig
+from specgen.decoding.sizing import TreeSizingConfig
 from specgen.errors import SpecgenError
 from specgen.proposers.base import Candidates, NullProposer, Proposer, ProposeContext
 
@@ -61,7 +62,9 @@ def test_adaptive_policy_skips_hopeless_drafts_and_stays_lossless(tiny_bundle: A
     results = {}
     for mode in ("always", "adaptive"):
         prop = WrongDrafts(len(prompt), ar.token_ids, vocab)
-        gen = GenerationConfig(max_new_tokens=24, draft_policy=DraftPolicyConfig(mode=mode))
+        # budget sizing: every proposed node is verified, so the policy alone decides (sizing is tested apart)
+        gen = GenerationConfig(max_new_tokens=24, draft_policy=DraftPolicyConfig(mode=mode),
+                               tree_sizing=TreeSizingConfig(mode="budget"))
         out = decode(tiny_bundle, prompt, prop, gen, method="wrong")
         assert out.token_ids == ar.token_ids  # skipping or not, the target's tokens are the same
         assert out.stats.accepted == 0

@@ -1,0 +1,160 @@
+"""How many draft nodes to verify: the size that maximises expected tokens per unit of target time.
+
+Verification is not free, and what it costs depends on the machine. On a GPU a forward over 16
+tokens costs about what one token does (memory-bound); on the 2-core CPU of this project's runs a
+forward over 2 or 3 tokens costs 1.03-1.12 plain steps but 16 tokens cost 2.1-2.3 (compute-bound
+past ~3 tokens), so a tree that drafts 16 nodes needs tau > 2.2 just to break even. A fixed node
+budget is wrong on one of the two. Sizing per step (in the spirit of Sequoia's hardware-aware trees
+and EAGLE-2's dynamic trees, with measured rather than assumed costs):
+
+- `CostProfile`: c(n), the time of a verification forward over n tokens relative to one token,
+  measured once per model, device and thread count on the live KV cache (chains of each size in
+  `sizes`, best of `reps`), interpolated in between;
+- `AcceptanceModel`: P(node accepted | node score), calibrated online per generation over score
+  bins with a Beta prior, so any proposer's scores (summed similarity, frequency, 1.0 per
+  candidate) become acceptance probabilities;
+- `choose_size`: with the nodes ranked by score (the kept set stays closed under ancestors), pick
+  n maximising (1 + sum of the n best probabilities) / c(n + 1).
+
+`mode="budget"` keeps the classic behaviour: every node up to the budget. Sizing never changes
+what is accepted among the verified nodes, so lossless methods stay lossless.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import SpecgenError
+
+SIZING_MODES = ("cost", "budget")
+
+
+@dataclass(frozen=True)
+class TreeSizingConfig:
+    """Options of per-step tree sizing; `mode="budget"` verifies every node up to the budget."""
+
+    mode: str = "cost"
+    sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 17)  # forward sizes (root included) timed; 17 = budget 16
+    reps: int = 2  # timings per size (after one warm-up run); the fastest counts
+    prior_mean: float = 0.3  # acceptance probability of a node before any evidence
+    prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
+
+    def __post_init__(self) -> None:
+        if self.mode not in SIZING_MODES:
+            raise SpecgenError(f"tree sizing must be one of {', '.join(SIZING_MODES)}, got '{self.mode}'")
+        if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(set(self.sizes)):
+            raise SpecgenError("tree sizing: sizes must be increasing and start at 1")
+        if self.reps < 1 or self.prior_weight <= 0 or not 0.0 < self.prior_mean < 1.0:
+            raise SpecgenError("tree sizing: reps >= 1, prior-weight > 0 and prior-mean in (0, 1) are required")
+
+
+class CostProfile:
+    """Relative verification cost c(n) of a forward over n tokens (c(1) = 1), piecewise linear."""
+
+    def __init__(self, sizes: list[int], seconds: list[float]) -> None:
+        assert len(sizes) == len(seconds) and sizes[0] == 1, "one timing per size, starting at size 1"
+        self.sizes = list(sizes)
+        self.seconds = list(seconds)
+        base = max(seconds[0], 1e-9)
+        self.relative = [s / base for s in seconds]
+
+    def __call__(self, n: int) -> float:
+        """c(n), interpolated between timed sizes, extrapolated linearly past the largest."""
+        xs, ys = self.sizes, self.relative
+        if n <= xs[0]:
+            return ys[0]
+        i = bisect.bisect_left(xs, n)
+        if i < len(xs) and xs[i] == n:
+            return ys[i]
+        lo, hi = (i - 1, i) if i < len(xs) else (len(xs) - 2, len(xs) - 1)
+        if lo < 0:
+            return ys[0]
+        slope = (ys[hi] - ys[lo]) / max(1, xs[hi] - xs[lo])
+        return max(ys[0], ys[lo] + slope * (n - xs[lo]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "relative": [round(r, 3) for r in self.relative]}
+
+
+_PROFILES: dict[tuple[Any, ...], CostProfile] = {}
+
+
+def _profile_key(model: Any, sizes: tuple[int, ...]) -> tuple[Any, ...]:
+    return (id(model), str(model.device), torch.get_num_threads(), sizes)
+
+
+def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> CostProfile:
+    """Time verification forwards of each size in `cfg.sizes` on top of `cache` (its first `n_kv`
+    entries are kept; the timed entries are cropped), once per model, device and thread count."""
+    from .. import adapter
+
+    key = _profile_key(model, cfg.sizes)
+    if key in _PROFILES:
+        return _PROFILES[key]
+    cuda = model.device.type == "cuda"
+    vocab = int(model.config.vocab_size)
+    seconds = []
+    for n in cfg.sizes:
+        mask = torch.ones(n, n, dtype=torch.bool, device=model.device).tril_()  # [n, n] a chain
+        best = float("inf")
+        for r in range(cfg.reps + 1):  # the first run of each size warms up
+            tokens = torch.randint(0, vocab, (n,), device=model.device)  # [n]
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            adapter.tree_forward(model, tokens, torch.arange(n_kv, n_kv + n, device=model.device), cache, mask)
+            if cuda:
+                torch.cuda.synchronize()
+            if r:
+                best = min(best, time.perf_counter() - t0)
+            adapter.crop_cache(cache, n_kv)
+        seconds.append(best)
+    # A bigger forward never costs less than a smaller one in expectation: timing noise aside.
+    for i in range(1, len(seconds)):
+        seconds[i] = max(seconds[i], seconds[i - 1])
+    profile = CostProfile(list(cfg.sizes), seconds)
+    _PROFILES[key] = profile
+    return profile
+
+
+class AcceptanceModel:
+    """P(a drafted node is accepted | its score), calibrated online over log-spaced score bins."""
+
+    EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # bin i holds scores in [EDGES[i-1], EDGES[i])
+
+    def __init__(self, prior_mean: float = 0.3, prior_weight: float = 2.0) -> None:
+        bins = len(self.EDGES) + 1
+        self.accepted = [prior_mean * prior_weight] * bins
+        self.drafted = [prior_weight] * bins
+
+    def _bin(self, score: float) -> int:
+        return bisect.bisect_right(self.EDGES, score)
+
+    def prob(self, score: float) -> float:
+        b = self._bin(score)
+        return self.accepted[b] / self.drafted[b]
+
+    def update(self, scores: list[float], accepted: list[bool]) -> None:
+        """Fold in one verified tree: each drafted node's score and whether it was accepted."""
+        for s, a in zip(scores, accepted):
+            b = self._bin(s)
+            self.drafted[b] += 1.0
+            self.accepted[b] += 1.0 if a else 0.0
+
+
+def choose_size(probs: list[float], cost: CostProfile, budget: int) -> int:
+    """Draft nodes to verify (0..budget): argmax over n of (1 + sum of the n best `probs`) / c(n + 1).
+
+    `probs` are the nodes' acceptance probabilities in score order (best first).
+    """
+    best_n, best_rate, expected = 0, 1.0 / cost(1), 1.0
+    for n, p in enumerate(probs[:budget], start=1):
+        expected += p
+        rate = expected / cost(n + 1)
+        if rate > best_rate:
+            best_n, best_rate = n, rate
+    return best_n
