@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..decoding.policy import DraftPolicyConfig
+from ..decoding.sizing import TreeSizingConfig
 from ..errors import SpecgenError
 from .humaneval import check_completion
 from .suites import Question, gsm8k_answer, load_suite, normalise_number
@@ -68,6 +69,7 @@ class BenchConfig:
     turns: int = 1  # 1 = first turn only (v1); 2+ = multi-turn, the answer to turn 1 carried into turn 2
     budgets: tuple[int, ...] = ()  # node-budget sweep for the drafting methods
     draft_policy: str = "adaptive"  # decoding/policy.py: adaptive | always
+    tree_sizing: str = "cost"  # decoding/sizing.py: cost | budget
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -77,13 +79,15 @@ class BenchConfig:
         if self.turns < 1:
             raise SpecgenError(f"turns must be >= 1, got {self.turns}")
         DraftPolicyConfig(mode=self.draft_policy)  # validates the mode (one-line SpecgenError)
+        TreeSizingConfig(mode=self.tree_sizing)  # likewise
         if any(b < 1 for b in self.budgets):
             raise SpecgenError(f"budgets must be >= 1, got {', '.join(map(str, self.budgets))}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the stored records."""
         return {"suite": self.suite, "model": self.model, "dtype": self.dtype, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "seed": self.seed, "turns": self.turns, "draft_policy": self.draft_policy}
+                "temperature": self.temperature, "seed": self.seed, "turns": self.turns, "draft_policy": self.draft_policy,
+                "tree_sizing": self.tree_sizing}
 
 
 @dataclass(frozen=True)
@@ -321,13 +325,14 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
         from .peers import run_peer as peer_fn  # type: ignore[assignment]
     sampling = SamplingConfig(temperature=config.temperature, seed=config.seed)
     policy = DraftPolicyConfig(mode=config.draft_policy)
+    sizing = TreeSizingConfig(mode=config.tree_sizing)
     drafts = _preload_drafts(bundle, runs)
     model_name = getattr(bundle, "name", str(config.model))
 
     def call(run: MethodRun, ids: list[int], max_new: int, stop: tuple[str, ...] = ()) -> Any:
         if run.peer:
             return peer_fn(bundle, run.method, ids, max_new, stop=stop)
-        gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop=stop, draft_policy=policy,
+        gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop=stop, draft_policy=policy, tree_sizing=sizing,
                                **({"node_budget": run.budget} if run.budget else {}))
         return generate_fn(bundle, ids, method=run.method, gen=gen, method_config=run.config,
                            draft=drafts.get(run.label))

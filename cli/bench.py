@@ -83,6 +83,7 @@ def bench(
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Tree node-budget sweep for drafting methods, e.g. 4,8,16."),
     per_category: bool = typer.Option(True, "--per-category/--overall-only", help="Print a table per category."),
     draft_policy: str = typer.Option("adaptive", "--draft-policy", help="adaptive | always (see `generate --help`)."),
+    tree_sizing: str = typer.Option("cost", "--tree-sizing", help="cost | budget (see `generate --help`)."),
     verifier: bool = typer.Option(False, "--verifier", help="GSM8K only: AUROC of SpecGuard's signals for corrupted "
                                                            "vs gold reasoning steps, instead of a decoding run."),
 ) -> None:
@@ -102,7 +103,8 @@ def bench(
     config = BenchConfig(suite=suite, methods=_csv(methods), limit=limit or None, model=model, dtype=dtype,
                          max_new_tokens=max_new_tokens, peers=peers, method_options=read_method_config(method_config),
                          index=index, out_dir=out_dir, warmup=warmup, seed=seed, temperature=temperature, turns=turns,
-                         budgets=_budgets(budgets), draft_policy=draft_policy)
+                         budgets=_budgets(budgets), draft_policy=draft_policy,
+                         tree_sizing=tree_sizing)
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as bar:

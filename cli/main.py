@@ -87,6 +87,9 @@ def generate(
     node_budget: int = typer.Option(16, "--node-budget", help="Most draft nodes verified per step."),
     draft_policy: str = typer.Option("adaptive", "--draft-policy", help="adaptive: skip drafting while recent drafts "
                                                                          "do not pay for their verification; always."),
+    tree_sizing: str = typer.Option("cost", "--tree-sizing", help="cost: verify per step the draft nodes that pay for "
+                                                                    "their forward on this machine (timed once); budget: "
+                                                                    "every node up to --node-budget."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     max_ngram: Optional[int] = typer.Option(None, "--max-ngram", help="pld: longest n-gram matched."),
     min_ngram: Optional[int] = typer.Option(None, "--min-ngram", help="pld: shortest n-gram matched."),
@@ -117,6 +120,7 @@ def generate(
     """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""
     from specgen.config import GenerationConfig, SamplingConfig
     from specgen.decoding.policy import DraftPolicyConfig
+    from specgen.decoding.sizing import TreeSizingConfig
     from specgen.generate import generate as run_generate
     from specgen.models import load_model
     from specgen.proposers.registry import available_methods, make_config
@@ -129,7 +133,7 @@ def generate(
         raise SpecgenError(f"option --neighbours does not apply to method '{method}'")
     text = read_prompt(prompt, prompt_file)
     gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=tuple(stop or ()), node_budget=node_budget,
-                           draft_policy=DraftPolicyConfig(mode=draft_policy),
+                           draft_policy=DraftPolicyConfig(mode=draft_policy), tree_sizing=TreeSizingConfig(mode=tree_sizing),
                            sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
     options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
                    draft_layers=draft_layers, index=str(index) if index else None,

@@ -118,6 +118,12 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         profile = measure_cost_profile(model, cache, n, sizing)  # timed once per model, device and threads
         stats.cost_profile = profile.to_dict()
     calibration = AcceptanceModel(sizing.prior_mean, sizing.prior_weight)
+
+    def size_fn(scores: list[float], depths: list[int]) -> int:
+        """How many of the ranked nodes to verify: the count that pays best for its forward."""
+        assert profile is not None
+        return choose_size([calibration.prob(s, d) for s, d in zip(scores, depths)], profile, len(scores))
+
     tokens = list(prompt_ids)
     proposer.reset(list(prompt_ids))
     first = stopper.feed([_pick(first_logits, gen, rng)])
@@ -133,10 +139,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         cands = proposer.propose(ProposeContext(tokens=tokens, prompt_len=len(prompt_ids), budget=budget,
                                                 hidden=last_hidden, context_hidden=context_hidden)) \
             if budget > 0 and policy.should_draft() else Candidates()
-        size_fn = None
-        if profile is not None:
-            size_fn = lambda scores: choose_size([calibration.prob(x) for x in scores], profile, budget)  # noqa: E731
-        tree = build_tree(tokens[-1], cands, budget, size_fn)
+        tree = build_tree(tokens[-1], cands, budget, size_fn if profile is not None else None)
         tb = time.perf_counter()
         ver = verify_tree(model, cache, tree, n_kv, hidden_layer=layer)
         tc = time.perf_counter()
@@ -147,7 +150,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         adapter.commit_cache(cache, n_kv, acc.path)
         if tree.size > 1:
             on_path = set(acc.path)
-            calibration.update(list(tree.scores[1:]), [i in on_path for i in range(1, tree.size)])
+            calibration.update(list(tree.scores[1:]), tree.depth[1:].tolist(), [i in on_path for i in range(1, tree.size)])
         path = list(acc.path)
         if ver.hidden is not None:
             last_hidden = ver.hidden[path[-1]]

@@ -122,26 +122,31 @@ def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfi
 
 
 class AcceptanceModel:
-    """P(a drafted node is accepted | its score), calibrated online over log-spaced score bins."""
+    """P(a drafted node is accepted | its score, its depth), calibrated online over bins.
 
-    EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # bin i holds scores in [EDGES[i-1], EDGES[i])
+    Scores fall in log-spaced bins; depth matters on its own because a proposer may give every node
+    of a candidate the same score (a prompt-lookup chain), while deeper nodes are accepted less often.
+    """
+
+    EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # score bin i holds scores in [EDGES[i-1], EDGES[i])
+    DEPTHS = (2, 3, 4, 6, 9)  # depth bin j holds depths in [DEPTHS[j-1], DEPTHS[j])
 
     def __init__(self, prior_mean: float = 0.3, prior_weight: float = 2.0) -> None:
-        bins = len(self.EDGES) + 1
+        bins = (len(self.EDGES) + 1) * (len(self.DEPTHS) + 1)
         self.accepted = [prior_mean * prior_weight] * bins
         self.drafted = [prior_weight] * bins
 
-    def _bin(self, score: float) -> int:
-        return bisect.bisect_right(self.EDGES, score)
+    def _bin(self, score: float, depth: int) -> int:
+        return bisect.bisect_right(self.EDGES, score) * (len(self.DEPTHS) + 1) + bisect.bisect_right(self.DEPTHS, depth)
 
-    def prob(self, score: float) -> float:
-        b = self._bin(score)
+    def prob(self, score: float, depth: int) -> float:
+        b = self._bin(score, depth)
         return self.accepted[b] / self.drafted[b]
 
-    def update(self, scores: list[float], accepted: list[bool]) -> None:
-        """Fold in one verified tree: each drafted node's score and whether it was accepted."""
-        for s, a in zip(scores, accepted):
-            b = self._bin(s)
+    def update(self, scores: list[float], depths: list[int], accepted: list[bool]) -> None:
+        """Fold in one verified tree: each drafted node's score, depth and whether it was accepted."""
+        for s, d, a in zip(scores, depths, accepted):
+            b = self._bin(s, d)
             self.drafted[b] += 1.0
             self.accepted[b] += 1.0 if a else 0.0
 

@@ -39,11 +39,11 @@ class Tree:
 
 
 def build_tree(root_token: int, cands: Candidates, budget: int,
-               size: Callable[[list[float]], int] | None = None) -> Tree:
+               size: Callable[[list[float], list[int]], int] | None = None) -> Tree:
     """Trie of `cands` under `root_token`, keeping the `budget` best-scored draft nodes.
 
-    `size`, given the kept nodes' scores best first, may keep fewer: the first `size(scores)` of
-    them (decoding/sizing.py picks the count that pays for its verification).
+    `size`, given the kept nodes' scores (best first) and depths, may keep fewer: the first
+    `size(scores, depths)` of them (decoding/sizing.py picks the count that pays for its verification).
 
     A node's score is the summed score of the candidates through it, so a parent never scores
     below its child and the kept set is closed under ancestors (ties keep the shallower node);
@@ -69,7 +69,7 @@ def build_tree(root_token: int, cands: Candidates, budget: int,
     ranked = sorted((i for i in range(1, len(tok)) if score[i] >= cands.min_node_score),
                     key=lambda i: (-score[i], dep[i], i))[:budget]
     if size is not None and ranked:
-        ranked = ranked[: size([score[i] for i in ranked])]
+        ranked = ranked[: size([score[i] for i in ranked], [dep[i] for i in ranked])]
     keep = [0] + sorted(ranked, key=lambda i: (dep[i], -score[i], i))
     new_index = {old: new for new, old in enumerate(keep)}
     n = len(keep)
