@@ -130,3 +130,41 @@ def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,
         result[tr.category] += s
         result["overall"] += s
     return result
+
+
+def record_suite(bundle: Any, suite: str, limit: int | None, max_new_tokens: int, *, layer: int | None = -1,
+                 progress: Callable[[int, int], None] | None = None) -> list[Trace]:
+    """Greedy traces of a suite's first `limit` questions per category (first turn, chat template).
+
+    The greedy output is written by `pld`, which is lossless: the same tokens as `ar`, sooner.
+    """
+    from ..config import GenerationConfig
+    from ..generate import generate
+    from .runner import chat_ids, question_stop
+    from .selfcorpus import held_out
+    from .suites import load_suite
+
+    questions = held_out(load_suite(suite, None), 0, limit)
+    traces = []
+    for i, q in enumerate(questions):
+        ids = chat_ids(bundle.tokenizer, q, [], 0)
+        res = generate(bundle, ids, method="pld", gen=GenerationConfig(max_new_tokens=max_new_tokens,
+                                                                       stop=question_stop(bundle.tokenizer, q)))
+        if len(res.token_ids) > 1:
+            traces.append(record_trace(bundle, q.question_id, q.category, ids, res.token_ids, layer))
+        if progress:
+            progress(i + 1, len(questions))
+    return traces
+
+
+def replay_methods(bundle: Any, traces: list[Trace], methods: dict[str, Any], budgets: tuple[int, ...],
+                   policy: DraftPolicyConfig | None) -> dict[str, dict[str, ReplayStats]]:
+    """{"<label>@<budget>": per-category replay stats} for each (label -> (method, config)) and budget."""
+    from ..proposers.registry import get_method
+
+    out: dict[str, dict[str, ReplayStats]] = {}
+    for label, (method, cfg) in methods.items():
+        spec = get_method(method)
+        for budget in budgets:
+            out[f"{label}@{budget}"] = replay_all(lambda: spec.factory(bundle, cfg), traces, budget, policy)
+    return out

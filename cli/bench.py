@@ -176,6 +176,56 @@ def self_corpus(
     console.print(f"wrote {info['path']}: {info['questions']} answers, {info['answer_tokens']} tokens")
 
 
+@bench_app.command("replay")
+def replay(
+    suite: str = typer.Option("spec-bench", "--suite", help="spec-bench | mt-bench | humaneval | gsm8k | a JSONL path."),
+    limit: int = typer.Option(3, "--limit", help="Questions per category."),
+    methods: str = typer.Option("pld,rest,sense", "--methods", help="Lossless token-level methods to replay."),
+    index: Optional[str] = typer.Option(None, "--index", help="Datastore folder for rest/sense."),
+    budgets: str = typer.Option("4,16", "--budgets", help="Node budgets to replay, e.g. 2,4,8,16."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="New tokens per recorded answer."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
+    draft_policy: str = typer.Option("adaptive", "--draft-policy", help="adaptive | always."),
+    method_config: Optional[Path] = typer.Option(None, "--method-config", help="YAML/JSON options per method (as for bench)."),
+) -> None:
+    """Offline tau of lossless drafters on the target's recorded greedy answers (no timing: see `bench`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from specgen.bench.replay import record_suite, replay_methods
+    from specgen.decoding.policy import DraftPolicyConfig
+    from specgen.models import load_model
+    from specgen.proposers.registry import get_method, make_config
+
+    names = _csv(methods) or ()
+    options = read_method_config(method_config)
+    chosen = {}
+    for name in names:
+        if name == "specguard" or not get_method(name).lossless:
+            raise SpecgenError(f"replay scores lossless token-level methods, not '{name}'")
+        opts = dict(options.get(name, {}))
+        if name in ("rest", "sense") and index:
+            opts.setdefault("index", index)
+        chosen[name] = (name, make_config(name, opts))
+    policy = DraftPolicyConfig(mode=draft_policy)
+    budget_list = _budgets(budgets) or (16,)
+    console = Console(stderr=True)
+    bundle = load_model(model)
+    with console.status("recording greedy answers"):
+        traces = record_suite(bundle, suite, limit, max_new_tokens)
+    results = replay_methods(bundle, traces, chosen, budget_list, policy)
+    cats = [c for c in next(iter(results.values())) if c != "overall"] + ["overall"] if results else []
+    table = Table(title=f"replayed tau ({len(traces)} answers, {sum(len(t.output_ids) for t in traces)} tokens)")
+    table.add_column("method@budget")
+    for c in cats:
+        table.add_column(c, justify="right")
+    table.add_column("nodes/step", justify="right")
+    for label, per_cat in results.items():
+        o = per_cat["overall"]
+        table.add_row(label, *(f"{per_cat[c].tau:.2f}" for c in cats), f"{o.drafted / max(1, o.steps):.1f}")
+    Console().print(table)
+
+
 @bench_app.command("compare")
 def compare(a: Path = typer.Argument(..., help="summary.json, a --out X.json, or an --out folder."),
             b: Path = typer.Argument(..., help="The same, for the run to compare with A.")) -> None:

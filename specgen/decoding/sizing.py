@@ -40,6 +40,9 @@ class TreeSizingConfig:
     mode: str = "cost"
     sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 17)  # forward sizes (root included) timed; 17 = budget 16
     reps: int = 2  # timings per size (after one warm-up run); the fastest counts
+    # Relative costs per size, given instead of measured (reproducible sizing, or a profile taken
+    # on another run); None = time this machine.
+    costs: tuple[float, ...] | None = None
     prior_mean: float = 0.3  # acceptance probability of a node before any evidence
     prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
 
@@ -48,6 +51,8 @@ class TreeSizingConfig:
             raise SpecgenError(f"tree sizing must be one of {', '.join(SIZING_MODES)}, got '{self.mode}'")
         if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(set(self.sizes)):
             raise SpecgenError("tree sizing: sizes must be increasing and start at 1")
+        if self.costs is not None and (len(self.costs) != len(self.sizes) or min(self.costs) <= 0):
+            raise SpecgenError("tree sizing: costs must give one positive number per size")
         if self.reps < 1 or self.prior_weight <= 0 or not 0.0 < self.prior_mean < 1.0:
             raise SpecgenError("tree sizing: reps >= 1, prior-weight > 0 and prior-mean in (0, 1) are required")
 
@@ -89,9 +94,12 @@ def _profile_key(model: Any, sizes: tuple[int, ...]) -> tuple[Any, ...]:
 
 def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> CostProfile:
     """Time verification forwards of each size in `cfg.sizes` on top of `cache` (its first `n_kv`
-    entries are kept; the timed entries are cropped), once per model, device and thread count."""
+    entries are kept; the timed entries are cropped), once per model, device and thread count;
+    `cfg.costs`, when given, is used as it is."""
     from .. import adapter
 
+    if cfg.costs is not None:
+        return CostProfile(list(cfg.sizes), list(cfg.costs))
     key = _profile_key(model, cfg.sizes)
     if key in _PROFILES:
         return _PROFILES[key]

@@ -67,3 +67,19 @@ def test_replay_all_sums_categories(bundle: Any) -> None:
     assert sum(res["overall"].accept_lengths) == res["overall"].tokens
     with pytest.raises(ValueError, match="hidden states"):
         replay(get_method("sense").factory(bundle, SenseConfig()), traces[0], 8)
+
+
+@pytest.mark.slow
+def test_replay_cli_on_the_real_model() -> None:
+    from typer.testing import CliRunner
+
+    from specgen.cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "replay", "--suite", "humaneval", "--limit", "1", "--methods", "pld,sense",
+                              "--budgets", "2,8", "--max-new-tokens", "24"])
+    assert res.exit_code == 0, res.output
+    for label in ("pld@2", "pld@8", "sense@2", "sense@8", "overall"):
+        assert label in res.stdout
+    bad = runner.invoke(app, ["bench", "replay", "--methods", "specguard"])
+    assert bad.exit_code == 2 and "lossless" in bad.stderr and "Traceback" not in bad.output

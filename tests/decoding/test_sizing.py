@@ -1,0 +1,139 @@
+"""Cost-aware tree sizing: the cost profile, the acceptance calibration, the size choice, the loop."""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+
+from specgen.config import GenerationConfig, PLDConfig
+from specgen.decoding.loop import decode
+from specgen.decoding.policy import DraftPolicyConfig
+from specgen.decoding.sizing import (AcceptanceModel, CostProfile, TreeSizingConfig, choose_size,
+                                     measure_cost_profile)
+from specgen.decoding.tree import build_tree
+from specgen.errors import SpecgenError
+from specgen.proposers.base import Candidates, NullProposer, Proposer, ProposeContext
+from specgen.proposers.pld import PromptLookupProposer
+
+
+def test_cost_profile_interpolates_and_extrapolates() -> None:
+    prof = CostProfile([1, 2, 4, 8], [0.010, 0.011, 0.015, 0.023])
+    assert prof(1) == 1.0 and prof(2) == pytest.approx(1.1) and prof(4) == pytest.approx(1.5)
+    assert prof(3) == pytest.approx(1.3)  # halfway between 2 and 4
+    assert prof(6) == pytest.approx(1.9)
+    assert prof(10) == pytest.approx(2.7)  # the last segment's slope, continued
+    assert prof(0) == 1.0
+
+
+def _brute_force(probs: list[float], cost: CostProfile) -> int:
+    rates = [(1 + sum(probs[:n])) / cost(n + 1) for n in range(len(probs) + 1)]
+    return max(range(len(rates)), key=lambda n: (rates[n], -n))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_choose_size_matches_brute_force(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    probs = sorted(torch.rand(12, generator=g).tolist(), reverse=True)
+    steps = torch.rand(16, generator=g).mul(0.3).cumsum(0).tolist()
+    cost = CostProfile(list(range(1, 17)), [0.01 * (1 + s - steps[0]) for s in steps])
+    assert choose_size(probs, cost, budget=12) == _brute_force(probs, cost)
+    assert choose_size(probs, cost, budget=3) == _brute_force(probs[:3], cost)
+
+
+def test_choose_size_extremes() -> None:
+    free = CostProfile([1, 32], [0.01, 0.01])  # a GPU: 32 tokens cost what one does
+    assert choose_size([0.9, 0.5, 0.1, 0.01], free, budget=16) == 4
+    steep = CostProfile([1, 32], [0.01, 0.32])  # every token costs a full step
+    assert choose_size([0.9, 0.5, 0.1], steep, budget=16) == 0
+    assert choose_size([], free, budget=16) == 0
+
+
+def test_acceptance_model_learns_per_score_and_depth() -> None:
+    m = AcceptanceModel(prior_mean=0.3, prior_weight=2.0)
+    assert m.prob(1.0, 1) == pytest.approx(0.3)
+    for _ in range(50):
+        m.update([3.0, 3.0, 0.3], [1, 5, 1], [True, False, False])
+    assert m.prob(3.0, 1) > 0.9  # strong, shallow: accepted
+    assert m.prob(3.0, 5) < 0.1  # the same score deeper: rejected
+    assert m.prob(0.3, 1) < 0.1
+    assert m.prob(3.0, 1) == m.prob(2.5, 1)  # same bins
+    with pytest.raises(SpecgenError, match="tree sizing"):
+        TreeSizingConfig(mode="fixed")
+    with pytest.raises(SpecgenError, match="sizes"):
+        TreeSizingConfig(sizes=(2, 4))
+    with pytest.raises(SpecgenError, match="costs"):
+        TreeSizingConfig(sizes=(1, 2), costs=(1.0,))
+
+
+def test_build_tree_size_keeps_a_closed_prefix() -> None:
+    cands = Candidates([[1, 2, 3, 4], [1, 5, 6], [7, 8]], [3.0, 2.0, 1.0])
+    seen: list[tuple[list[float], list[int]]] = []
+
+    def size(scores: list[float], depths: list[int]) -> int:
+        seen.append((scores, depths))
+        return 4
+
+    tree = build_tree(0, cands, 16, size)
+    full = build_tree(0, cands, 16)
+    assert seen[0][0] == sorted(seen[0][0], reverse=True) and len(seen[0][0]) == full.size - 1
+    assert tree.size == 5
+    assert tree.scores[0] == float("inf") and sorted(tree.scores[1:], reverse=True) == seen[0][0][:4]
+    for i in range(1, tree.size):  # every kept node's parent is kept (closed under ancestors)
+        assert 0 <= int(tree.parents[i]) < i
+    assert build_tree(0, cands, 16, lambda s, d: 0).size == 1
+
+
+def test_measured_profile_is_monotone_and_cached(tiny_bundle: Any) -> None:
+    from specgen import adapter
+
+    model = tiny_bundle.model
+    adapter.use_tree_attention(model)
+    cache = adapter.new_cache(model)
+    with torch.inference_mode():
+        adapter.tree_forward(model, torch.arange(10), torch.arange(10), cache, torch.ones(10, 10, dtype=torch.bool).tril_())
+        cfg = TreeSizingConfig(sizes=(1, 2, 4), reps=1)
+        prof = measure_cost_profile(model, cache, 10, cfg)
+    assert adapter.cache_length(cache) == 10  # the timed forwards were cropped
+    assert prof.sizes == [1, 2, 4] and prof.relative[0] == 1.0
+    assert all(a <= b for a, b in itertools.pairwise(prof.relative))
+    assert measure_cost_profile(model, cache, 10, cfg) is prof
+
+
+class AlwaysWrong(Proposer):
+    """Drafts 8 tokens that are never the target's: sizing must learn to verify fewer of them."""
+
+    name = "wrong"
+
+    def __init__(self, greedy: list[int], prompt_len: int, vocab: int) -> None:
+        self.greedy, self.prompt_len, self.vocab = greedy, prompt_len, vocab
+
+    def propose(self, ctx: ProposeContext) -> Candidates:
+        nxt = len(ctx.tokens) - self.prompt_len
+        wrong = (self.greedy[nxt] + 1) % self.vocab if nxt < len(self.greedy) else 0
+        return Candidates([[wrong] * 8], [1.0])
+
+
+def test_cost_sizing_is_lossless_and_drops_hopeless_nodes(tiny_bundle: Any) -> None:
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 3, 1, 4, 1, 5, 9]
+    ar = decode(tiny_bundle, prompt, NullProposer(), GenerationConfig(max_new_tokens=40), method="ar")
+    always = dict(draft_policy=DraftPolicyConfig(mode="always"))
+    for sizing in ("cost", "budget"):
+        gen = GenerationConfig(max_new_tokens=40, tree_sizing=TreeSizingConfig(mode=sizing), **always)
+        out = decode(tiny_bundle, prompt, PromptLookupProposer(PLDConfig()), gen, method="pld")
+        assert out.token_ids == ar.token_ids
+        assert (out.stats.cost_profile is not None) == (sizing == "cost")
+    vocab = tiny_bundle.model.config.vocab_size
+    drafted = {}
+    # A tiny model's forwards cost the same at any size, so give this CPU's profile (16 tokens ~2x one)
+    cpu = TreeSizingConfig(mode="cost", sizes=(1, 2, 3, 4, 8, 17), costs=(1.0, 1.02, 1.12, 1.45, 1.8, 2.1))
+    assert cpu.costs is not None and measure_cost_profile(tiny_bundle.model, None, 0, cpu).relative[-1] == 2.1
+    for sizing in ("cost", "budget"):
+        tree_sizing = cpu if sizing == "cost" else TreeSizingConfig(mode="budget")
+        gen = GenerationConfig(max_new_tokens=40, tree_sizing=tree_sizing, **always)
+        out = decode(tiny_bundle, prompt, AlwaysWrong(ar.token_ids, len(prompt), vocab), gen, method="wrong")
+        assert out.token_ids == ar.token_ids and out.stats.accepted == 0
+        drafted[sizing] = out.stats.drafted
+    assert drafted["budget"] > 8 * 30  # every step verifies its 8 nodes (fewer only in the last steps)
+    assert drafted["cost"] < drafted["budget"] // 2
