@@ -7,8 +7,8 @@ decode loop would, build the pruned tree, and walk it against the recorded token
 DESIGN.md section 2 compared drafters; it lets a proposer's options be tuned in seconds instead of a
 benchmark run per setting. Step accounting follows the loop: every step emits the accepted draft
 tokens plus the bonus token, and with `policy` the adaptive draft policy decides when to draft.
-Trees are sized by the node budget (`TreeSizingConfig(mode="budget")`): replay has no clock, so the
-loop's default cost-aware sizing, which times the machine, is left to `specgen bench`.
+Trees are sized by the node budget, or by the loop's cost-aware sizing when given a cost profile
+(replay has no clock: `TreeSizingConfig(costs=...)`, e.g. the profile `generate --json` reports).
 
 Replay measures tau only; speed comes from `specgen bench`, which decodes for real.
 """
@@ -21,6 +21,7 @@ import torch
 
 from ..datastore.build import hidden_states
 from ..decoding.policy import DraftPolicy, DraftPolicyConfig
+from ..decoding.sizing import AcceptanceModel, CostProfile, TreeSizingConfig, choose_size
 from ..decoding.tree import build_tree
 from ..proposers.base import Proposer, ProposeContext
 
@@ -47,6 +48,12 @@ class ReplayStats:
     accepted: int = 0
     accept_lengths: list[int] = field(default_factory=list)  # tokens emitted per step
     draft_sizes: list[int] = field(default_factory=list)  # draft nodes verified per step (0 = plain step)
+    cost: float = 0.0  # summed relative forward cost of the steps (with a cost profile; plain step = 1)
+
+    @property
+    def estimated_speedup(self) -> float:
+        """Tokens per unit of forward cost over `ar`'s one token per plain step (prefill and overheads left out)."""
+        return self.tokens / self.cost if self.cost else 0.0
 
     @property
     def tau(self) -> float:
@@ -60,6 +67,7 @@ class ReplayStats:
         self.accepted += other.accepted
         self.accept_lengths += other.accept_lengths
         self.draft_sizes += other.draft_sizes
+        self.cost += other.cost
         return self
 
 
@@ -74,14 +82,27 @@ def record_trace(bundle: Any, question_id: str, category: str, prompt_ids: list[
     return Trace(question_id, category, list(prompt_ids), list(output_ids), hidden, -1 if layer is None else layer)
 
 
-def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyConfig | None = None) -> ReplayStats:
+def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyConfig | None = None,
+           sizing: TreeSizingConfig | None = None) -> ReplayStats:
     """Replay `proposer` on `trace` with `budget` draft nodes per step; `policy` None drafts at every step.
 
-    The first output token comes from prefill (no step), as in the decode loop.
+    The first output token comes from prefill (no step), as in the decode loop. `sizing` with mode
+    "cost" needs a given profile (`costs`): the loop's per-step sizing is then replayed too, and
+    `ReplayStats.cost` sums the profile's cost of each step's forward.
     """
     p, out = len(trace.prompt_ids), trace.output_ids
     if proposer.hidden_layer is not None and trace.hidden is None:
         raise ValueError("this proposer needs hidden states: record the trace with a layer")
+    sizing = sizing or TreeSizingConfig(mode="budget", costs=None)
+    if sizing.mode == "cost" and sizing.costs is None:
+        raise ValueError("replay has no clock: cost sizing needs a given profile (TreeSizingConfig.costs)")
+    profile = CostProfile(list(sizing.sizes), list(sizing.costs)) if sizing.costs is not None else None
+    calibration = AcceptanceModel(sizing.prior_mean, sizing.prior_weight)
+
+    def size_fn(scores: list[float], depths: list[int]) -> int:
+        assert profile is not None
+        return choose_size([calibration.prob(s, d) for s, d in zip(scores, depths)], profile, len(scores))
+
     drafting = DraftPolicy(policy, self_gated=proposer.self_gated) if policy is not None else None
     proposer.reset(list(trace.prompt_ids))
     stats = ReplayStats()
@@ -97,15 +118,19 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
         cands = proposer.propose(ctx) if draft and left > 0 else None
         accepted, drafted = 0, 0
         if cands is not None and len(cands):
-            tree = build_tree(out[i], cands, left)
+            tree = build_tree(out[i], cands, left, size_fn if sizing.mode == "cost" else None)
             drafted = tree.size - 1
-            node = 0
+            node, path = 0, {0}
             while True:
                 want = out[i + 1 + accepted] if i + 1 + accepted < len(out) else None
                 nxt = next((c for c in tree.children[node] if int(tree.tokens[c]) == want), None)
                 if nxt is None:
                     break
                 node, accepted = nxt, accepted + 1
+                path.add(node)
+            if drafted:
+                calibration.update(list(tree.scores[1:]), tree.depth[1:].tolist(), [j in path for j in range(1, tree.size)])
+        stats.cost += profile(drafted + 1) if profile is not None else 0.0
         emitted = min(accepted + 1, len(out) - 1 - i)
         i += emitted
         proposer.commit(trace.prompt_ids + out[: i + 1], p + i)
@@ -121,11 +146,11 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
 
 
 def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,
-               policy: DraftPolicyConfig | None = None) -> dict[str, ReplayStats]:
+               policy: DraftPolicyConfig | None = None, sizing: TreeSizingConfig | None = None) -> dict[str, ReplayStats]:
     """Per category and "overall": summed replay statistics of a fresh proposer per trace."""
     result: dict[str, ReplayStats] = {"overall": ReplayStats()}
     for tr in traces:
-        s = replay(make(), tr, budget, policy)
+        s = replay(make(), tr, budget, policy, sizing)
         result.setdefault(tr.category, ReplayStats())
         result[tr.category] += s
         result["overall"] += s

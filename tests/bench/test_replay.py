@@ -14,12 +14,14 @@ from _tiny import tiny_model, tiny_tokenizer  # noqa: E402
 from specgen.bench.replay import record_trace, replay, replay_all  # noqa: E402
 from specgen.config import GenerationConfig, PLDConfig  # noqa: E402
 from specgen.decoding.policy import DraftPolicyConfig  # noqa: E402
-from specgen.decoding.sizing import TreeSizingConfig  # noqa: E402
+from specgen.decoding.sizing import CostProfile, TreeSizingConfig  # noqa: E402
 from specgen.generate import generate  # noqa: E402
 from specgen.models import ModelBundle  # noqa: E402
 from specgen.proposers.registry import get_method  # noqa: E402
 from specgen.proposers.sense import SenseConfig  # noqa: E402
 
+# A fixed CPU-like profile: the same sizing decisions in the loop and in replay, whatever the clock says.
+CPU_PROFILE = TreeSizingConfig(mode="cost", sizes=(1, 2, 3, 4, 8, 17), costs=(1.0, 1.02, 1.12, 1.45, 1.8, 2.1))
 TEXT = ("def parse_args(self, args=None, namespace=None):\n    args, argv = self.parse_known_args(args, namespace)\n"
         "    if argv:\n        self.error('unrecognized arguments')\n    return args\n\n"
         "def parse_known_args(self, args=None, namespace=None):\n    return self.parse_args(args, namespace)\n")
@@ -37,14 +39,19 @@ def bundle() -> Any:
 @pytest.mark.parametrize("method,cfg", [("pld", PLDConfig()), ("sense", SenseConfig(min_similarity=0.0, min_score=0.0)),
                                         ("sense", SenseConfig(min_similarity=0.0, min_score=0.4))])
 @pytest.mark.parametrize("mode", ["always", "adaptive"])
-def test_replay_counts_the_steps_the_loop_takes(bundle: Any, method: str, cfg: Any, mode: str) -> None:
+@pytest.mark.parametrize("sizing", [TreeSizingConfig(mode="budget"), CPU_PROFILE])
+def test_replay_counts_the_steps_the_loop_takes(bundle: Any, method: str, cfg: Any, mode: str,
+                                                sizing: TreeSizingConfig) -> None:
     prompt = bundle.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     gen = GenerationConfig(max_new_tokens=40, stop_at_eos=False, node_budget=8,
-                           draft_policy=DraftPolicyConfig(mode=mode), tree_sizing=TreeSizingConfig(mode="budget"))
+                           draft_policy=DraftPolicyConfig(mode=mode), tree_sizing=sizing)
     live = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
     trace = record_trace(bundle, "q", "code", prompt, live.token_ids, -1 if method == "sense" else None)
     assert trace.hidden is None or trace.hidden.shape[0] == len(prompt) + len(live.token_ids) - 1
-    got = replay(get_method(method).factory(bundle, cfg), trace, 8, gen.draft_policy)
+    got = replay(get_method(method).factory(bundle, cfg), trace, 8, gen.draft_policy, sizing)
+    if sizing.mode == "cost":  # the steps' forward costs under the given profile
+        assert got.cost == pytest.approx(sum(CostProfile(list(sizing.sizes), list(sizing.costs or ()))(d + 1)
+                                             for d in got.draft_sizes))
     assert got.steps == live.stats.steps
     assert got.tokens == len(live.token_ids) - 1  # the first token comes from prefill
     assert got.accepted == live.stats.accepted
@@ -67,6 +74,8 @@ def test_replay_all_sums_categories(bundle: Any) -> None:
     assert sum(res["overall"].accept_lengths) == res["overall"].tokens
     with pytest.raises(ValueError, match="hidden states"):
         replay(get_method("sense").factory(bundle, SenseConfig()), traces[0], 8)
+    with pytest.raises(ValueError, match="no clock"):
+        replay(get_method("pld").factory(bundle, PLDConfig()), traces[0], 8, sizing=TreeSizingConfig(mode="cost"))
 
 
 @pytest.mark.slow
