@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,11 +86,9 @@ class CostProfile:
         return {"sizes": self.sizes, "relative": [round(r, 3) for r in self.relative]}
 
 
-_PROFILES: dict[tuple[Any, ...], CostProfile] = {}
-
-
-def _profile_key(model: Any, sizes: tuple[int, ...]) -> tuple[Any, ...]:
-    return (id(model), str(model.device), torch.get_num_threads(), sizes)
+# Per model object (weakly held: a freed model's profile goes with it, and a new model that reuses
+# its id() is timed afresh), then per device, thread count and sizes.
+_PROFILES: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CostProfile]]" = weakref.WeakKeyDictionary()
 
 
 def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> CostProfile:
@@ -100,9 +99,10 @@ def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfi
 
     if cfg.costs is not None:
         return CostProfile(list(cfg.sizes), list(cfg.costs))
-    key = _profile_key(model, cfg.sizes)
-    if key in _PROFILES:
-        return _PROFILES[key]
+    key = (str(model.device), torch.get_num_threads(), cfg.sizes)
+    known = _PROFILES.setdefault(model, {})
+    if key in known:
+        return known[key]
     cuda = model.device.type == "cuda"
     vocab = int(model.config.vocab_size)
     seconds = []
@@ -125,7 +125,7 @@ def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfi
     for i in range(1, len(seconds)):
         seconds[i] = max(seconds[i], seconds[i - 1])
     profile = CostProfile(list(cfg.sizes), seconds)
-    _PROFILES[key] = profile
+    known[key] = profile
     return profile
 
 
