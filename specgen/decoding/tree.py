@@ -46,8 +46,7 @@ def build_tree(root_token: int, cands: Candidates, budget: int,
     `size(scores, depths)` of them (decoding/sizing.py picks the count that pays for its verification).
 
     A node's score is the summed score of the candidates through it, so a parent never scores
-    below its child and the kept set is closed under ancestors (ties keep the shallower node);
-    nodes under `cands.min_node_score` are dropped, which keeps that closure.
+    below its child and the kept set is closed under ancestors (ties keep the shallower node).
     """
     # Trie as parallel lists; node 0 is the root.
     tok: list[int] = [root_token]
@@ -66,8 +65,7 @@ def build_tree(root_token: int, cands: Candidates, budget: int,
             score[child] += float(s)
             node = child
     # Best `budget` draft nodes, then breadth-first order (parent before child).
-    ranked = sorted((i for i in range(1, len(tok)) if score[i] >= cands.min_node_score),
-                    key=lambda i: (-score[i], dep[i], i))[:budget]
+    ranked = sorted(range(1, len(tok)), key=lambda i: (-score[i], dep[i], i))[:budget]
     if size is not None and ranked:
         ranked = ranked[: size([score[i] for i in ranked], [dep[i] for i in ranked])]
     keep = [0] + sorted(ranked, key=lambda i: (dep[i], -score[i], i))

@@ -35,9 +35,6 @@ class Candidates:
 
     sequences: list[list[int]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    # Tree nodes whose summed score stays under this are not verified (0 = keep up to the budget):
-    # a proposer whose scores measure evidence spends verification only where it has some.
-    min_node_score: float = 0.0
 
     def __post_init__(self) -> None:
         assert len(self.sequences) == len(self.scores), "one score per candidate sequence"

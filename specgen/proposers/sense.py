@@ -54,9 +54,6 @@ class SenseConfig:
     # proposer self-gated: the loop's adaptive draft policy defers to it. Replayed on Spec-Bench
     # (bench/replay.py), drafting steps under 0.5 accepted 0.29 tokens, under break-even on CPU.
     min_score: float = 0.5
-    # Verify only tree nodes whose summed evidence reaches this: on CPU each extra node costs (a
-    # forward over 16 nodes is ~2x a plain step), so weakly supported branches are left out.
-    min_node_score: float = 0.0
     max_draft_len: int = 15  # tokens per candidate (datastore: at most continuation_len - 1)
     max_candidates: int = 32  # candidates handed to the trie, best first
     layer: int = -1  # hidden layer without an index (with one, the index's layer is used)
@@ -139,8 +136,7 @@ class SenseProposer(Proposer):
         ranked = sorted(merged.items(), key=lambda kv: -kv[1])[: self.cfg.max_candidates]
         if not ranked or ranked[0][1] < self.cfg.min_score:
             return Candidates()
-        return Candidates([list(seq) for seq, _ in ranked], [score for _, score in ranked],
-                          min_node_score=self.cfg.min_node_score)
+        return Candidates([list(seq) for seq, _ in ranked], [score for _, score in ranked])
 
 
 @register_method("sense", SenseConfig, lossless=True,
