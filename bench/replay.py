@@ -21,7 +21,7 @@ import torch
 
 from ..datastore.build import hidden_states
 from ..decoding.policy import DraftPolicy, DraftPolicyConfig
-from ..decoding.sizing import AcceptanceModel, CostProfile, TreeSizingConfig, choose_size
+from ..decoding.sizing import CostProfile, TreeSizer, TreeSizingConfig
 from ..decoding.tree import build_tree
 from ..proposers.base import Proposer, ProposeContext
 
@@ -93,15 +93,11 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
     p, out = len(trace.prompt_ids), trace.output_ids
     if proposer.hidden_layer is not None and trace.hidden is None:
         raise ValueError("this proposer needs hidden states: record the trace with a layer")
-    sizing = sizing or TreeSizingConfig(mode="budget", costs=None)
+    sizing = sizing or TreeSizingConfig(mode="budget")
     if sizing.mode == "cost" and sizing.costs is None:
         raise ValueError("replay has no clock: cost sizing needs a given profile (TreeSizingConfig.costs)")
     profile = CostProfile(list(sizing.sizes), list(sizing.costs)) if sizing.costs is not None else None
-    calibration = AcceptanceModel(sizing.prior_mean, sizing.prior_weight)
-
-    def size_fn(scores: list[float], depths: list[int]) -> int:
-        assert profile is not None
-        return choose_size([calibration.prob(s, d) for s, d in zip(scores, depths)], profile, len(scores))
+    sizer = TreeSizer(profile if sizing.mode == "cost" else None, sizing)  # a budget-sized replay is costed, not sized
 
     drafting = DraftPolicy(policy, self_gated=proposer.self_gated) if policy is not None else None
     proposer.reset(list(trace.prompt_ids))
@@ -118,7 +114,7 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
         cands = proposer.propose(ctx) if draft and left > 0 else None
         accepted, drafted = 0, 0
         if cands is not None and len(cands):
-            tree = build_tree(out[i], cands, left, size_fn if sizing.mode == "cost" else None)
+            tree = build_tree(out[i], cands, left, sizer.size_fn)
             drafted = tree.size - 1
             node, path = 0, {0}
             while True:
@@ -128,8 +124,7 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
                     break
                 node, accepted = nxt, accepted + 1
                 path.add(node)
-            if drafted:
-                calibration.update(list(tree.scores[1:]), tree.depth[1:].tolist(), [j in path for j in range(1, tree.size)])
+            sizer.observe(tree, path)
         stats.cost += profile(drafted + 1) if profile is not None else 0.0
         emitted = min(accepted + 1, len(out) - 1 - i)
         i += emitted

@@ -16,7 +16,7 @@ from ..config import GenerationConfig, SoftGateConfig
 from ..proposers.base import Candidates, Proposer, ProposeContext
 from .accept import accept_greedy, accept_sampling, target_probs
 from .policy import DraftPolicy
-from .sizing import AcceptanceModel, CostProfile, choose_size, measure_cost_profile
+from .sizing import CostProfile, TreeSizer, measure_cost_profile
 from .stats import GenerationStats, StepRecord
 from .tree import build_tree
 from .verify import verify_tree
@@ -117,13 +117,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     if sizing.mode == "cost" and proposer.name != "ar":
         profile = measure_cost_profile(model, cache, n, sizing)  # timed once per model, device and threads
         stats.cost_profile = profile.to_dict()
-    calibration = AcceptanceModel(sizing.prior_mean, sizing.prior_weight)
-
-    def size_fn(scores: list[float], depths: list[int]) -> int:
-        """How many of the ranked nodes to verify: the count that pays best for its forward."""
-        assert profile is not None
-        return choose_size([calibration.prob(s, d) for s, d in zip(scores, depths)], profile, len(scores))
-
+    sizer = TreeSizer(profile, sizing)
     tokens = list(prompt_ids)
     proposer.reset(list(prompt_ids))
     first = stopper.feed([_pick(first_logits, gen, rng)])
@@ -139,7 +133,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         cands = proposer.propose(ProposeContext(tokens=tokens, prompt_len=len(prompt_ids), budget=budget,
                                                 hidden=last_hidden, context_hidden=context_hidden)) \
             if budget > 0 and policy.should_draft() else Candidates()
-        tree = build_tree(tokens[-1], cands, budget, size_fn if profile is not None else None)
+        tree = build_tree(tokens[-1], cands, budget, sizer.size_fn)
         tb = time.perf_counter()
         ver = verify_tree(model, cache, tree, n_kv, hidden_layer=layer)
         tc = time.perf_counter()
@@ -148,9 +142,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         else:
             acc = accept_sampling(tree, ver.logits, gen.sampling, rng)
         adapter.commit_cache(cache, n_kv, acc.path)
-        if tree.size > 1:
-            on_path = set(acc.path)
-            calibration.update(list(tree.scores[1:]), tree.depth[1:].tolist(), [i in on_path for i in range(1, tree.size)])
+        sizer.observe(tree, acc.path)
         path = list(acc.path)
         if ver.hidden is not None:
             last_hidden = ver.hidden[path[-1]]

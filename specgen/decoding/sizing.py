@@ -25,11 +25,14 @@ import bisect
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from ..errors import SpecgenError
+
+if TYPE_CHECKING:
+    from .tree import Tree
 
 SIZING_MODES = ("cost", "budget")
 
@@ -171,3 +174,32 @@ def choose_size(probs: list[float], cost: CostProfile, budget: int) -> int:
         if rate > best_rate:
             best_n, best_rate = n, rate
     return best_n
+
+
+class TreeSizer:
+    """One generation's sizing state, shared by the decode loop and trace replay.
+
+    With a cost profile, `size_fn` is the `build_tree` callback that keeps the best-paying number of
+    nodes and `observe` folds each verified tree into the acceptance calibration; without one
+    (budget sizing) `size_fn` is None and `observe` does nothing.
+    """
+
+    def __init__(self, profile: CostProfile | None, cfg: TreeSizingConfig) -> None:
+        self.profile = profile
+        self.calibration = AcceptanceModel(cfg.prior_mean, cfg.prior_weight)
+
+    @property
+    def size_fn(self) -> Callable[[list[float], list[int]], int] | None:
+        return self._size if self.profile is not None else None
+
+    def _size(self, scores: list[float], depths: list[int]) -> int:
+        """How many of the ranked nodes to verify: the count that pays best for its forward."""
+        assert self.profile is not None
+        return choose_size([self.calibration.prob(s, d) for s, d in zip(scores, depths)], self.profile, len(scores))
+
+    def observe(self, tree: "Tree", path: Iterable[int]) -> None:
+        """Fold in a verified tree and the node indices of its accepted path (root included)."""
+        if self.profile is None or tree.size <= 1:
+            return
+        on_path = set(path)
+        self.calibration.update(list(tree.scores[1:]), tree.depth[1:].tolist(), [i in on_path for i in range(1, tree.size)])
