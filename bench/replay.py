@@ -15,7 +15,7 @@ Replay measures tau only; speed comes from `specgen bench`, which decodes for re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -175,6 +175,26 @@ def record_suite(bundle: Any, suite: str, limit: int | None, max_new_tokens: int
         if progress:
             progress(i + 1, len(questions))
     return traces
+
+
+def replay_plan(methods: tuple[str, ...], index: str | None,
+                method_options: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, Any]]:
+    """label -> (method, config) for `methods`, resolved exactly as `specgen bench` resolves them
+    (method-config sections, variants, --index); only lossless token-level methods can be replayed."""
+    from ..errors import SpecgenError
+    from .runner import BenchConfig, plan_methods
+
+    runs, notes = plan_methods(BenchConfig(methods=methods, index=index, method_options=method_options))
+    by_label = {run.label: run for run in runs}
+    plan: dict[str, tuple[str, Any]] = {}
+    for name in methods:
+        run = by_label.get(name)
+        if run is None:
+            raise SpecgenError(next((note for note in notes if name in note), f"cannot replay '{name}'"))
+        if run.method == "specguard" or not run.lossless:
+            raise SpecgenError(f"replay scores lossless token-level methods, not '{name}'")
+        plan[name] = (run.method, run.config)
+    return plan
 
 
 def replay_methods(bundle: Any, traces: list[Trace], methods: dict[str, Any], budgets: tuple[int, ...],

@@ -192,21 +192,11 @@ def replay(
     from rich.console import Console
     from rich.table import Table
 
-    from specgen.bench.replay import record_suite, replay_methods
+    from specgen.bench.replay import record_suite, replay_methods, replay_plan
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.models import load_model
-    from specgen.proposers.registry import get_method, make_config
 
-    names = _csv(methods) or ()
-    options = read_method_config(method_config)
-    chosen = {}
-    for name in names:
-        if name == "specguard" or not get_method(name).lossless:
-            raise SpecgenError(f"replay scores lossless token-level methods, not '{name}'")
-        opts = dict(options.get(name, {}))
-        if name in ("rest", "sense") and index:
-            opts.setdefault("index", index)
-        chosen[name] = (name, make_config(name, opts))
+    chosen = replay_plan(_csv(methods) or (), index, read_method_config(method_config))
     policy = DraftPolicyConfig(mode=draft_policy)
     budget_list = _budgets(budgets) or (16,)
     console = Console(stderr=True)
