@@ -199,7 +199,9 @@ def run_kernel_bench(
     Returns {"device", "interpreter", "note", "rows": [{kernel, shape, dtype, impl, ms,
     max_abs_err[, skipped]}]}; ms is a median, max_abs_err is against the torch reference.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..device import resolve_device
+
+    dev = resolve_device(device or "auto")
     on_gpu = dev.type == "cuda"
     sims = similarity_cases or (GPU_SIMILARITY if on_gpu else CPU_SIMILARITY)
     attns = attention_cases or (GPU_ATTENTION if on_gpu else CPU_ATTENTION)

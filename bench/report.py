@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecgenError
+from ..fileio import atomic_write_text
 from .metrics import OVERALL, compare_summaries
 
 Record = dict[str, Any]
@@ -130,7 +131,7 @@ def write_json(result: Any, path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     data = summary_dict(result)
     data["records"] = result.records
-    out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out, json.dumps(data, indent=1) + "\n")
     return out
 
 
@@ -164,10 +165,10 @@ def write_out_dir(result: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
         by_method.setdefault(r["method"], []).append(r)
     for method, recs in by_method.items():
         path = out / "model_answer" / f"{method}.jsonl"
-        path.write_text("".join(json.dumps(row) + "\n" for row in spec_bench_rows(recs)), encoding="utf-8")
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in spec_bench_rows(recs)))
         written.append(path)
     summary = out / "summary.json"
-    summary.write_text(json.dumps(summary_dict(result), indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(summary, json.dumps(summary_dict(result), indent=1) + "\n")
     written.append(summary)
     written += write_plots(result.metrics, result.records, out / "plots")
     return written

@@ -21,7 +21,9 @@ from typing import Any, Callable, Mapping
 from ..decoding.policy import DraftPolicyConfig
 from ..decoding.sizing import TreeSizingConfig
 from ..errors import SpecgenError
+from ..validate import check_fields, in_range, input_path, output_dir
 from .humaneval import check_completion
+from .records import RecordStore, run_settings
 from .suites import Question, gsm8k_answer, load_suite, normalise_number
 
 # `sd` is not in the default run: on the embedded SmolLM2-135M the early-exit self-draft accepts
@@ -39,8 +41,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "specguard-conf": ("specguard", {"signals": "confidence"}),
     "specguard-ground": ("specguard", {"signals": "grounding"}),
 }
-RECORDS_FILE = "records.jsonl"
-RUN_FILE = "run.json"
 WARMUP_MAX_TOKENS = 16
 
 Record = dict[str, Any]
@@ -72,16 +72,26 @@ class BenchConfig:
     tree_sizing: str = "cost"  # decoding/sizing.py: cost | budget
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise SpecgenError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.warmup < 0:
-            raise SpecgenError(f"warmup must be >= 0, got {self.warmup}")
-        if self.turns < 1:
-            raise SpecgenError(f"turns must be >= 1, got {self.turns}")
-        DraftPolicyConfig(mode=self.draft_policy)  # validates the mode (one-line SpecgenError)
-        TreeSizingConfig(mode=self.tree_sizing)  # likewise
-        if any(b < 1 for b in self.budgets):
-            raise SpecgenError(f"budgets must be >= 1, got {', '.join(map(str, self.budgets))}")
+        from ..config import MAX_NEW_TOKENS, MAX_NODE_BUDGET, SamplingConfig
+
+        check_fields(self)
+        if self.methods is not None and not self.methods:
+            raise SpecgenError("--methods must name at least one method")
+        if self.limit is not None:
+            in_range("limit", self.limit, 1, 1_000_000)
+        in_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        in_range("warmup", self.warmup, 0, 100)
+        in_range("turns", self.turns, 1, 100)
+        for b in self.budgets:
+            in_range("budgets", b, 1, MAX_NODE_BUDGET)
+        # The sampling, policy and sizing configs the run will build: their checks, now.
+        SamplingConfig(temperature=self.temperature, seed=self.seed)
+        DraftPolicyConfig(mode=self.draft_policy)
+        TreeSizingConfig(mode=self.tree_sizing)
+        if self.index is not None:
+            input_path("index", self.index, "dir")
+        if self.out_dir is not None:
+            output_dir("out", self.out_dir)
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the stored records."""
@@ -250,46 +260,6 @@ def _mark_vs_ar(rec: Record, ar: Record | None) -> None:
     rec["exact_match_ar"] = None if ar is None else rec["text"].strip() == ar["text"].strip()
 
 
-class RecordStore:
-    """Append-only JSONL of finished (method, question) groups in an output folder; resume index."""
-
-    def __init__(self, out_dir: str | None, fingerprint: dict[str, Any]) -> None:
-        self.path = Path(out_dir) / RECORDS_FILE if out_dir else None
-        self.done: dict[tuple[str, str], list[Record]] = {}
-        if self.path is None:
-            return
-        folder = self.path.parent
-        if folder.exists() and not folder.is_dir():
-            raise SpecgenError(f"--out {folder} exists and is not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        run_file = folder / RUN_FILE
-        if run_file.is_file():
-            stored = json.loads(run_file.read_text(encoding="utf-8"))
-            if stored != fingerprint:
-                diff = ", ".join(f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if stored.get(k) != v)
-                raise SpecgenError(f"{folder} holds a run with other settings ({diff}); use another --out")
-        else:
-            run_file.write_text(json.dumps(fingerprint, indent=2) + "\n", encoding="utf-8")
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    group = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interrupted write: redo that group
-                if group.get("records"):
-                    self.done[(group["method"], str(group["question_id"]))] = group["records"]
-
-    def get(self, label: str, question_id: str) -> list[Record] | None:
-        return self.done.get((label, question_id))
-
-    def add(self, label: str, question_id: str, records: list[Record]) -> None:
-        self.done[(label, question_id)] = records
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"method": label, "question_id": question_id, "records": records}) + "\n")
-                fh.flush()
-
-
 def _default_generate(target: Any, prompt_ids: list[int], **kw: Any) -> Any:
     from ..generate import generate
 
@@ -311,7 +281,14 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     progress = progress or (lambda *_: None)
     questions = questions if questions is not None else load_suite(config.suite, config.limit)
     runs, notes = plan_methods(config)
+    if bundle is None:  # every model the run names is checked before the first one loads
+        from ..models import check_model_spec
+
+        drafts = [getattr(r.config, "draft_model", None) for r in runs]
+        for spec in dict.fromkeys([config.model, *(d for d in drafts if d is not None)]):
+            check_model_spec(spec)  # None = the embedded default
     store = RecordStore(config.out_dir, config.fingerprint())
+    settings = {r.label: run_settings(r.method, r.config, r.budget) for r in runs}
     if bundle is None:
         import torch
 
@@ -319,6 +296,8 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
 
         torch.manual_seed(config.seed)
         bundle = load_model(config.model, config.dtype)
+    if hasattr(bundle, "identity"):
+        store.bind("model_identity", bundle.identity())
     random.seed(config.seed)
     generate_fn = generate_fn or _default_generate
     if peer_fn is None:
@@ -338,7 +317,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
                            draft=drafts.get(run.label))
 
     total = len(runs) * len(questions)
-    todo = [(r, q) for q in questions for r in runs if store.get(r.label, q.question_id) is None]
+    todo = [(r, q) for q in questions for r in runs if store.get(r.label, q.question_id, settings[r.label]) is None]
     if todo and config.warmup:
         progress(0, total, "warm-up")
         ids = chat_ids(bundle.tokenizer, todo[0][1], [], 0)
@@ -350,7 +329,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
         ar_group = store.get("ar", q.question_id)
         for run in runs:
             progress(done, total, f"{run.label} · {q.category} · {q.question_id}")
-            group = store.get(run.label, q.question_id)
+            group = store.get(run.label, q.question_id, settings[run.label])
             if group is None:
                 group, answers = [], []
                 for turn in range(min(config.turns, len(q.turns))):
@@ -360,7 +339,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
                     _mark_vs_ar(rec, ar_rec)
                     group.append(rec)
                     answers.append(rec["text"])
-                store.add(run.label, q.question_id, group)
+                store.add(run.label, q.question_id, group, settings[run.label])
             if run.label == "ar":
                 ar_group = group
             done += 1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SpecgenError
+from ..validate import in_range, output_file
 from .suites import Question, load_suite
 
 ProgressFn = Callable[[int, int], None]
@@ -49,10 +50,15 @@ def write_self_corpus(suite: str, out: str | os.PathLike[str], *, skip: int = 5,
                       method: str = "pld", model: str | None = None, dtype: str = "float32",
                       max_new_tokens: int = 128, bundle: Any = None, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Answer the held-out questions of `suite` with the target and write them to `out` (JSONL, atomically)."""
-    from ..config import GenerationConfig
+    from ..config import MAX_NEW_TOKENS, GenerationConfig
     from ..generate import generate
     from .runner import chat_ids, question_stop
 
+    in_range("skip", skip, 0, 1_000_000)
+    if limit is not None:
+        in_range("limit", limit, 1, 1_000_000)
+    in_range("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+    output_file("output", out)
     questions = held_out(load_suite(suite, None), skip, limit)
     if not questions:
         raise SpecgenError(f"self-corpus: no questions of {suite} left after skipping {skip} per category")

@@ -14,6 +14,8 @@ from typing import Any, Optional
 import typer
 
 from specgen.errors import SpecgenError
+from specgen.fileio import atomic_write_text
+from specgen.validate import in_range, input_path, output_dir, output_file
 
 bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
                         help="Benchmark methods on Spec-Bench, MT-bench, HumanEval, GSM8K or a JSONL (DESIGN.md section 6).")
@@ -90,6 +92,8 @@ def bench(
     """Run the benchmark (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
+    if out is not None:  # checked before anything loads; nothing is created yet
+        (output_file if str(out).endswith(".json") else output_dir)("out", out)
     if verifier:
         _verifier(suite, limit or None, model, dtype, seed, read_method_config(method_config), out)
         return
@@ -143,7 +147,7 @@ def _verifier(suite: str, limit: int | None, model: str | None, dtype: str, seed
     if out is not None:
         path = out if str(out).endswith(".json") else out / "verifier.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(study, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(study, indent=1) + "\n")
         console.print(f"wrote {path}")
 
 
@@ -196,9 +200,17 @@ def replay(
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.models import load_model
 
-    chosen = replay_plan(_csv(methods) or (), index, read_method_config(method_config))
-    policy = DraftPolicyConfig(mode=draft_policy)
+    from specgen.config import MAX_NEW_TOKENS, MAX_NODE_BUDGET
+
+    in_range("limit", limit, 1, 1_000_000)
+    in_range("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+    if index is not None:
+        input_path("index", index, "dir")
     budget_list = _budgets(budgets) or (16,)
+    for b in budget_list:
+        in_range("budgets", b, 1, MAX_NODE_BUDGET)
+    policy = DraftPolicyConfig(mode=draft_policy)
+    chosen = replay_plan(_csv(methods) or (), index, read_method_config(method_config))
     console = Console(stderr=True)
     bundle = load_model(model)
     with console.status("recording greedy answers"):
@@ -238,4 +250,4 @@ def kernels(device: Optional[str] = typer.Option(None, "--device", help="cpu | c
     result = run_kernel_bench(device)
     Console().print(render_kernel_bench(result))
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
+        atomic_write_text(json_out, json.dumps(result, indent=1, default=str) + "\n")

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 
 from specgen.errors import SpecgenError
+from specgen.validate import output_dir
 
 DEFAULT_INDEX_DIR = Path("index")
 
@@ -74,6 +75,7 @@ def build_index_command(
         cfg = IndexBuildConfig(layer=layer, continuation_len=continuation_len, pca=pca, max_tokens=max_tokens,
                                index_type=index_type, batch_tokens=batch_tokens, window=window,
                                overlap=min(256, window // 4), append=append)
+        output_dir("output", output)
         list_corpus_files(corpus)  # fail on a missing or empty corpus before loading the model
         from specgen.models import load_model
 
@@ -106,6 +108,8 @@ def build_index_command(
     if skipped:
         why = Counter(s["reason"] for s in skipped)
         typer.echo("skipped " + ", ".join(f"{n} file(s): {r}" for r, n in why.most_common()), err=True)
+    if b.get("stale_lock_pid") is not None:
+        typer.echo(f"note: took over the lock of build pid {b['stale_lock_pid']}, which died without releasing it", err=True)
     if b.get("truncated_json"):
         typer.echo(f"read up to the break in {len(b['truncated_json'])} cut-off JSON file(s)", err=True)
     size = sum((output / f).stat().st_size for f in manifest.files)

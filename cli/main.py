@@ -5,6 +5,7 @@ Every user error ends as one line on stderr and exit code 2 (Ctrl-C: 130), never
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +39,12 @@ class OneLineErrors(TyperGroup):
                 sys.exit(130)
             typer.echo(f"error: {_first_line(exc.format_message())}", err=True)  # type: ignore[union-attr]
             sys.exit(2)
+        except Exception as exc:  # a bug, not bad input: still one line (exit 1); SPECGEN_DEBUG=1 re-raises
+            if os.environ.get("SPECGEN_DEBUG"):
+                raise
+            typer.echo(f"error: internal error ({type(exc).__name__}: {_first_line(str(exc))}); "
+                       "SPECGEN_DEBUG=1 shows the traceback", err=True)
+            sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -122,7 +129,7 @@ def generate(
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.decoding.sizing import TreeSizingConfig
     from specgen.generate import generate as run_generate
-    from specgen.models import load_model
+    from specgen.models import check_model_spec, load_model
     from specgen.proposers.registry import available_methods, make_config
 
     if method not in available_methods():
@@ -143,6 +150,9 @@ def generate(
                    tau=tau, beta=beta, selector=selector, signals=signals, rule=rule, tau_confidence=tau_confidence,
                    tau_grounding=tau_grounding, max_step_tokens=max_step_tokens, recompute_method=recompute_method)
     method_config = make_config(method, options)
+    check_model_spec(model)  # the target and any draft, before anything loads
+    if getattr(method_config, "draft_model", None) is not None:
+        check_model_spec(method_config.draft_model)
     bundle = load_model(model, dtype=dtype)
     sink = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     result = run_generate(bundle, text, method=method, gen=gen, method_config=method_config, raw=raw, on_text=sink)

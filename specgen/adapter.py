@@ -22,6 +22,11 @@ def use_tree_attention(model: Any) -> None:
         model.set_attn_implementation(name)
 
 
+def causal_mask(n: int, device: torch.device | str) -> torch.Tensor:
+    """[n, n] bool lower-triangular: a chain of n fed tokens, each seeing itself and those before."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
+
+
 def new_cache(model: Any) -> Any:
     """An empty HF DynamicCache for `model`."""
     from transformers import DynamicCache
@@ -111,6 +116,9 @@ def early_exit_view(model: Any, n_layers: int) -> Any:
         from .errors import SpecgenError
 
         raise SpecgenError(f"--draft-layers must be between 1 and {total - 1} for this model, got {n_layers}")
+    # The view's layers are the target's modules and read the target's config, while its decoder
+    # builds masks from the view's config: both must name the same attention implementation.
+    use_tree_attention(model)
     cfg = copy.deepcopy(model.config)
     cfg.num_hidden_layers = n_layers
     if getattr(cfg, "layer_types", None):

@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from .decoding.policy import DraftPolicyConfig
 from .decoding.sizing import TreeSizingConfig
 from .errors import SpecgenError
+from .validate import SEED_MAX, check_fields, in_range
+
+# Below this a temperature only overflows the logits (use 0 for greedy); above it sampling is uniform noise.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+MAX_NEW_TOKENS = 1_000_000
+MAX_NODE_BUDGET = 256  # draft nodes verified in one forward
 
 
 @dataclass(frozen=True)
@@ -22,12 +28,13 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise SpecgenError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise SpecgenError(f"top-k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise SpecgenError(f"top-p must be in (0, 1], got {self.top_p}")
+        check_fields(self)
+        if self.temperature != 0:
+            in_range("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
+        in_range("top_k", self.top_k, 0, 2**31)
+        in_range("top_p", self.top_p, 0, 1, lo_open=True)
+        if self.seed is not None:
+            in_range("seed", self.seed, 0, SEED_MAX)
 
     @property
     def greedy(self) -> bool:
@@ -50,10 +57,9 @@ class GenerationConfig:
     tree_sizing: TreeSizingConfig = field(default_factory=TreeSizingConfig)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise SpecgenError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.node_budget < 0:
-            raise SpecgenError(f"node budget must be >= 0, got {self.node_budget}")
+        check_fields(self)
+        in_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        in_range("node_budget", self.node_budget, 0, MAX_NODE_BUDGET)
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,12 @@ class PLDConfig:
     num_draft: int = 10
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        in_range("max_ngram", self.max_ngram, 1, 64)
+        in_range("min_ngram", self.min_ngram, 1, 64)
+        in_range("num_draft", self.num_draft, 1, MAX_NODE_BUDGET)
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise SpecgenError(f"need 1 <= min-ngram <= max-ngram, got {self.min_ngram}, {self.max_ngram}")
-        if self.num_draft < 1:
-            raise SpecgenError(f"num-draft must be >= 1, got {self.num_draft}")
 
 
 @dataclass(frozen=True)
@@ -80,12 +88,12 @@ class DraftModelConfig:
     num_draft: int = 5
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        if self.draft_layers is not None:
+            in_range("draft_layers", self.draft_layers, 1, 4096)
+        in_range("num_draft", self.num_draft, 1, MAX_NODE_BUDGET)
         if self.draft_model is not None and self.draft_layers is not None:
             raise SpecgenError("--draft-model and --draft-layers are mutually exclusive")
-        if self.draft_layers is not None and self.draft_layers < 1:
-            raise SpecgenError(f"draft-layers must be >= 1, got {self.draft_layers}")
-        if self.num_draft < 1:
-            raise SpecgenError(f"num-draft must be >= 1, got {self.num_draft}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,6 @@ class SoftGateConfig:
     tau_e: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise SpecgenError(f"gate alpha must be in [0, 1], got {self.alpha}")
-        if not -1.0 <= self.tau_e <= 1.0:
-            raise SpecgenError(f"gate tau-e must be in [-1, 1], got {self.tau_e}")
+        check_fields(self)
+        in_range("gate_alpha", self.alpha, 0, 1)
+        in_range("gate_tau_e", self.tau_e, -1, 1)

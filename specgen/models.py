@@ -10,8 +10,11 @@ folder, written atomically, so later starts load in about a second instead of de
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import io
+import json
 import os
 import shutil
 import tempfile
@@ -131,6 +134,56 @@ def _embedded_gguf(alias: str) -> Path:
     return package_file(dist, rel, purpose=f"embedded model '{alias}'")
 
 
+GGUF_MAGIC = b"GGUF"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_gguf(path: Path) -> None:
+    """SpecgenError unless `path` starts with the GGUF magic bytes (checked before anything is written)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise SpecgenError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if head != GGUF_MAGIC:
+        raise SpecgenError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def check_model_folder(path: Path) -> None:
+    """What is wrong with an HF model folder, as one SpecgenError line, before transformers reads it.
+
+    Refuses pickled weights (a pickle can run code on load: specgen loads safetensors only) and
+    folders whose architecture exists only as custom code (specgen never runs a folder's code).
+    """
+    from transformers import CONFIG_MAPPING
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise SpecgenError(f"not an HF model folder (no config.json): {path}")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecgenError(f"{cfg_file} is not valid JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise SpecgenError(f"{cfg_file} names no model_type: not a transformers model config")
+    model_type = cfg["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        if cfg.get("auto_map"):
+            raise SpecgenError(f"model folder {path} needs its own Python code (architecture '{model_type}'), "
+                               "which specgen does not run")
+        raise SpecgenError(f"model folder {path}: architecture '{model_type}' is unknown to this transformers")
+    files = [f for f in path.iterdir() if f.is_file()]
+    if not any(f.suffix == ".safetensors" for f in files):
+        pickled = sorted(f.name for f in files if f.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise SpecgenError(f"model folder {path} holds only pickled weights ({pickled[0]}), which specgen refuses "
+                               "to load for safety: convert them to safetensors")
+        raise SpecgenError(f"model folder {path} holds no weights (*.safetensors)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SpecgenError(f"model folder {path} has no tokenizer (tokenizer.json or tokenizer.model)")
+
+
 def _is_converted(out: Path) -> bool:
     return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
@@ -141,12 +194,19 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
     if _is_converted(out):
         return out
+    check_gguf(gguf)
     quiet_transformers()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # transformers' GGUF loader draws its own tqdm bar on stderr, deaf to disable_progress_bar().
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                             trust_remote_code=False)
+        except LOAD_ERRORS as exc:
+            raise SpecgenError(f"cannot convert GGUF {gguf}: {_first_line(exc)}") from None
         # The dequantized weights are plain tensors; drop the GGUF marker so save_pretrained accepts them.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -164,27 +224,58 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
+def check_model_spec(spec: str | None) -> None:
+    """Everything about a --model value that can be checked without converting or loading it: the
+    packages of an embedded model, a GGUF's magic bytes, an HF folder's config, weights and tokenizer.
+    Writes nothing; a hub id is left to the loader."""
+    spec = spec or DEFAULT_MODEL
+    if spec in EMBEDDED:
+        if not _is_converted(cache_dir() / "models" / EMBEDDED[spec][2]):
+            if spec in CHUNKED:
+                meta, sums_rel, chunks, _ = CHUNKED[spec]
+                for dist, rel in ((meta, sums_rel), *chunks):
+                    package_file(dist, rel, purpose=f"embedded model '{spec}'")
+            else:
+                dist, rel, _ = EMBEDDED[spec]
+                package_file(dist, rel, purpose=f"embedded model '{spec}'")
+        return
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise SpecgenError(f"model file not found: {spec}")
+        check_gguf(path)
+    elif path.is_dir():
+        check_model_folder(path)
+    elif path.exists() or spec.startswith((".", "/", "~")):
+        raise SpecgenError(f"model path not found or not a model: {spec}")
+
+
 def resolve_model_path(spec: str | None) -> tuple[str, str | Path]:
     """Map a --model value to (display name, folder or hub id), converting GGUFs on the way."""
     spec = spec or DEFAULT_MODEL
+    check_model_spec(spec)
     if spec in EMBEDDED:
         out = cache_dir() / "models" / EMBEDDED[spec][2]
         # A converted cache needs no GGUF (nor, for Gemma, the 4-part assembly) on later starts.
         return spec, out if _is_converted(out) else convert_gguf(_embedded_gguf(spec), out)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
-        if not path.is_file():
-            raise SpecgenError(f"model file not found: {spec}")
         st = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
         return path.stem, convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{key}")
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SpecgenError(f"not an HF model folder (no config.json): {spec}")
         return path.name, path
-    if path.exists() or spec.startswith((".", "/", "~")):
-        raise SpecgenError(f"model path not found or not a model: {spec}")
     return spec, spec  # an HF hub id
+
+
+# What transformers raises for a folder or file it cannot use (bad config, missing or mismatched
+# weights, tokenizer it cannot build): each becomes one line naming the model.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, ImportError, EOFError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def quiet_transformers() -> None:
@@ -205,11 +296,18 @@ def load_model(spec: str | None = None, dtype: str = "float32") -> ModelBundle:
         raise SpecgenError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(DTYPES))})")
     name, where = resolve_model_path(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(where))
-        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=DTYPES[dtype])
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpecgenError(f"cannot load model '{spec}': {first}") from None
+        tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False)
+    except LOAD_ERRORS as exc:
+        raise SpecgenError(f"no usable tokenizer for model '{spec}': {_first_line(exc)}") from None
+    try:
+        # safetensors only: pickled checkpoints can run code when unpickled.
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=DTYPES[dtype], trust_remote_code=False,
+                                                     use_safetensors=True)
+    except LOAD_ERRORS as exc:
+        raise SpecgenError(f"cannot load model '{spec}': {_first_line(exc)}") from None
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab and len(tokenizer) > vocab:
+        raise SpecgenError(f"model '{spec}': its tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
     model.eval()
     return ModelBundle(model=model, tokenizer=tokenizer, name=name,
                        path=Path(where) if isinstance(where, Path) else None)

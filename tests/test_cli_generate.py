@@ -36,7 +36,7 @@ def one_line_error(result: Any) -> str:
     (["hi", "--method", "sd", "--draft-model", "x", "--draft-layers", "3"], "mutually exclusive"),
     (["hi", "--method", "pld", "--max-ngram", "1", "--min-ngram", "3"], "min-ngram"),
     (["hi", "--gate", "maybe"], "--gate"),
-    (["hi", "--tree-sizing", "fixed"], "tree sizing"),
+    (["hi", "--tree-sizing", "fixed"], "--tree-sizing"),
     (["hi", "--method", "pld", "--neighbours", "8"], "--neighbours does not apply"),
     (["hi", "--method", "sense", "--min-similarity", "2"], "min-similarity"),
 ])

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import SpecgenError
+from ..validate import check_fields, in_range
 from . import ann
 from .corpus import CorpusStats, iter_documents
 from .manifest import (MANIFEST, Manifest, build_lock, check_identity, cleanup_stale, now_iso, publish,
@@ -59,6 +60,13 @@ class IndexBuildConfig:
     append: bool = False  # add the corpus to an existing index at the output folder
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("continuation_len", "batch_tokens", "window"):
+            in_range(name, getattr(self, name), 1, 2**31)
+        if self.max_tokens is not None:
+            in_range("max_tokens", self.max_tokens, 1, 2**62)
+        if self.pca is not None:
+            in_range("pca", self.pca, 1, 65536)
         if self.layer < -1:
             raise SpecgenError(f"layer must be -1 (final) or a decoder layer >= 0, got {self.layer}")
         if self.continuation_len < 1:
@@ -272,7 +280,7 @@ def build_index(model: Any, tokenizer: Any, corpus_path: str | os.PathLike[str],
     _check_layer(model, cfg.layer)
     out = Path(out_dir)
     t_start = time.perf_counter()
-    with build_lock(out):
+    with build_lock(out, wait=cfg.append) as lock:
         cleanup_stale(out)
         old: Manifest | None = None
         if out.exists():
@@ -286,7 +294,9 @@ def build_index(model: Any, tokenizer: Any, corpus_path: str | os.PathLike[str],
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            manifest = _build_into(model, tokenizer, Path(corpus_path), out, tmp, cfg, identity, old, progress, t_start)
+            notes = {"stale_lock_pid": lock.stale_pid} if lock.stale_pid is not None else {}
+            manifest = _build_into(model, tokenizer, Path(corpus_path), out, tmp, cfg, identity, old, progress, t_start,
+                                   notes)
             publish(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -295,7 +305,8 @@ def build_index(model: Any, tokenizer: Any, corpus_path: str | os.PathLike[str],
 
 
 def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, cfg: IndexBuildConfig,
-                identity: dict[str, str], old: Manifest | None, progress: Progress | None, t_start: float) -> Manifest:
+                identity: dict[str, str], old: Manifest | None, progress: Progress | None, t_start: float,
+                notes: dict[str, Any] | None = None) -> Manifest:
     stats = CorpusStats()
     skip = frozenset(f["sha256"] for f in old.corpus) if old else frozenset()
     raw, lengths = _tokenize(corpus, tokenizer, tmp, cfg.max_tokens, stats, skip)
@@ -382,7 +393,7 @@ def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, 
         "tokenize_s": round(t_tok - t_start, 3), "model_s": round(model_s, 3), "suffix_array_s": round(sa_s, 3),
         "ann_s": round(ann_s, 3), "total_s": round(time.perf_counter() - t_start, 3),
         "tokens_per_s": round(n_new / model_s, 1) if model_s > 0 else None,
-        "torch_threads": torch.get_num_threads(), **stats.to_dict(),
+        "torch_threads": torch.get_num_threads(), **stats.to_dict(), **(notes or {}),
     }
     if old:
         build_info["history"] = list(old.build.get("history", [])) + [

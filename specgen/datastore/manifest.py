@@ -92,14 +92,30 @@ def read_manifest(path: Path) -> Manifest:
     except SpecgenError:
         raise
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise SpecgenError(f"corrupt index manifest in {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecgenError(f"corrupt index manifest in {path} ({why}): rebuild the index (specgen build-index)") from None
+    if not isinstance(manifest.files, dict) or not all(isinstance(d, dict) for d in (manifest.index, manifest.projection)):
+        raise SpecgenError(f"corrupt index manifest in {path}: files, index and projection must be mappings: "
+                           "rebuild the index (specgen build-index)")
+    named = [*manifest.files, manifest.index.get("file"), manifest.projection.get("file")]
+    for name in named:
+        if name is not None and not _plain_name(name):
+            raise SpecgenError(f"corrupt index manifest in {path}: file name {name!r} is not a plain name "
+                               "inside the index folder: rebuild the index (specgen build-index)")
     for name, size in manifest.files.items():
         f = path / name
         if not f.is_file():
-            raise SpecgenError(f"incomplete index {path}: {name} is missing")
+            raise SpecgenError(f"incomplete index {path}: {name} is missing: rebuild the index (specgen build-index)")
         if f.stat().st_size != size:
-            raise SpecgenError(f"corrupt index {path}: {name} has {f.stat().st_size} bytes, expected {size}")
+            raise SpecgenError(f"corrupt index {path}: {name} has {f.stat().st_size} bytes, expected {size}: "
+                               "rebuild the index (specgen build-index)")
     return manifest
+
+
+def _plain_name(name: object) -> bool:
+    """A file name that stays inside its folder: no separator, no '..', not absolute."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
 
 
 def check_identity(manifest: Manifest, expected: dict[str, str] | None, path: Path, *, tokenizer_only: bool = False) -> None:
@@ -152,26 +168,67 @@ def cleanup_stale(out: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
+@dataclass
+class LockInfo:
+    """What taking the build lock found: the pid of a build that died holding it (its file remained)."""
+
+    stale_pid: int | None = None
+
+
+def _holder_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 @contextmanager
-def build_lock(out: Path) -> Iterator[None]:
-    """Exclusive lock `<out>.lock` for the duration of a build; SpecgenError when another build holds it."""
+def build_lock(out: Path, *, wait: bool = False) -> Iterator[LockInfo]:
+    """Exclusive lock `<out>.lock` (flock) for the duration of a build.
+
+    Only the holder removes the lock file, and only while it still holds the lock; a process that
+    locked a file which the previous holder unlinked in the meantime retries on the current one, so
+    two builds never hold the lock at once. With `wait` (appends) a build queues behind the holder;
+    without it a build held off is a SpecgenError naming the holder's pid. The kernel drops the lock
+    of a process that dies, so a lock file left by a killed build is taken over (its pid reported
+    in `LockInfo.stale_pid`).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.with_name(out.name + ".lock")
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
+            holder = _holder_pid(fd)
+            os.close(fd)  # refused: the lock file is the holder's, left where it is
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise SpecgenError(f"another build is writing {out}") from None
+                who = f" (pid {holder})" if holder else ""
+                raise SpecgenError(f"another build{who} is writing {out}: wait for it to finish "
+                                   "(--append builds queue behind it)") from None
             raise
-        yield
-    finally:
-        os.close(fd)
         try:
-            os.unlink(lock_path)
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file we locked was unlinked by its previous holder: lock the current one
+    info = LockInfo()
+    try:
+        prev = _holder_pid(fd)
+        if prev is not None and prev != os.getpid() and not _pid_alive(prev):
+            info.stale_pid = prev
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield info
+    finally:
+        try:
+            os.unlink(lock_path)  # still holding the lock: a waiter that got the old file retries
         except OSError:
             pass
+        os.close(fd)
 
 
 def fsync_tree(folder: Path) -> None:

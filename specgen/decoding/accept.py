@@ -1,9 +1,13 @@
 """Accept: walk the verified tree from the root and pick what the target keeps.
 
 - Greedy: follow the child whose token equals the target's argmax (lossless).
-- Sampling: multi-candidate speculative sampling, SpecInfer-style recursive rejection (Miao et al.,
-  2024). Drafts are point masses (q = delta), so child t is accepted with the residual probability
-  p'(t) and, on rejection, p' loses t and is renormalised; the result is distributed exactly as p.
+- Sampling: the target's own sample at each position decides, drawn with randomness keyed by
+  (seed, position) (`PositionSampler`, the exponential-race form of the Gumbel-max trick). A child
+  is accepted when its token equals that sample. Every drafted token is a point mass (q = delta),
+  so child t is accepted with probability p(t) and a set of siblings with the sum of their p: the
+  same acceptance as SpecInfer's multi-candidate recursive rejection (Miao et al., 2024), and the
+  output is distributed exactly as p. Because the draw at a position does not depend on what was
+  drafted, a seed gives the same text whatever the tree size, and the same text as `ar`.
 - Soft gate (SENSE, our reading, DESIGN.md section 2): in greedy mode a child d != argmax a may
   also be accepted when p(d) >= alpha * p(a) and cos(E[d], E[a]) >= tau_e.
 Where no child is accepted the target's own token (the bonus token) is emitted.
@@ -13,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+_MASK64 = (1 << 64) - 1
 
 from ..config import SamplingConfig, SoftGateConfig
 from .tree import Tree
@@ -80,28 +86,56 @@ def _gate_pick(tree: Tree, node: int, logits: torch.Tensor, a: int, gate: SoftGa
     return kids[best]
 
 
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a well-spread 64-bit hash of `x`."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class PositionSampler:
+    """Draws the token at sequence position `pos` from probabilities p [V] with noise keyed by (seed, pos).
+
+    token = argmax_i p_i / E_i with E_i ~ Exp(1) i.i.d. (the exponential race, equivalent to
+    Gumbel-max): an exact sample of p, and a deterministic function of (seed, pos, p). Positions
+    are absolute indices in prompt + output, so every method that verifies the same prefix draws
+    the same token there, however many nodes it drafted.
+    """
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self._gen = torch.Generator(device=self.device)
+
+    def noise(self, pos: int, vocab: int) -> torch.Tensor:
+        """E [V] ~ Exp(1) i.i.d., the same for the same (seed, pos)."""
+        self._gen.manual_seed(_mix64(_mix64(self.seed) ^ int(pos)))
+        # fp64: an exact 0 (E = 0, a token picked regardless of p) has odds ~V * 2**-53, not V * 2**-24.
+        u = torch.rand(vocab, generator=self._gen, device=self.device, dtype=torch.float64)  # [V] in [0, 1)
+        return -torch.log1p(-u)  # [V] = -log(1 - u), Exp(1)
+
+    def sample(self, probs: torch.Tensor, pos: int) -> int:
+        """The token at position `pos` given probabilities `probs` [V] (sums to 1)."""
+        e = self.noise(pos, probs.shape[-1])  # [V]
+        return int(torch.argmax(probs.double() / e))
+
+
 def accept_sampling(tree: Tree, logits: torch.Tensor, sampling: SamplingConfig,
-                    generator: torch.Generator) -> Acceptance:
-    """Lossless multi-candidate speculative sampling over the tree; logits [n, V]."""
+                    sampler: PositionSampler, n_kv: int) -> Acceptance:
+    """Lossless speculative sampling over the tree; logits [n, V]; the root sits at position `n_kv`.
+
+    At each node on the walk the target's token is drawn by `sampler` at the position it fills
+    (n_kv + depth + 1); the child holding that token is followed, else the token is the bonus.
+    """
     probs = target_probs(logits, sampling)  # [n, V]
     tokens = tree.tokens.tolist()
+    depth = tree.depth.tolist()
     node, path = 0, [0]
     while True:
-        residual = probs[node].clone()  # [V]
-        nxt = None
-        for c in tree.children[node]:
-            t = tokens[c]
-            total = float(residual.sum())
-            if total <= 0.0:
-                break
-            if float(torch.rand((), generator=generator)) * total < float(residual[t]):
-                nxt = c
-                break
-            residual[t] = 0.0  # rejected: p' = norm(max(p' - delta_t, 0))
+        t = sampler.sample(probs[node], n_kv + depth[node] + 1)
+        nxt = next((c for c in tree.children[node] if tokens[c] == t), None)
         if nxt is None:
-            if float(residual.sum()) <= 0.0:  # every allowed token was drafted and rejected
-                residual = probs[node]
-            bonus = int(torch.multinomial(residual, 1, generator=generator))
-            return Acceptance(tuple(path), bonus)
+            return Acceptance(tuple(path), t)
         path.append(nxt)
         node = nxt

@@ -5,6 +5,7 @@ rule (DESIGN.md section 1). Each step emits at least one token (the bonus token)
 """
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -14,7 +15,7 @@ import torch
 from .. import adapter
 from ..config import GenerationConfig, SoftGateConfig
 from ..proposers.base import Candidates, Proposer, ProposeContext
-from .accept import accept_greedy, accept_sampling, target_probs
+from .accept import PositionSampler, accept_greedy, accept_sampling, target_probs
 from .policy import DraftPolicy
 from .sizing import CostProfile, TreeSizer, measure_cost_profile
 from .stats import GenerationStats, StepRecord
@@ -59,11 +60,11 @@ class Stopper:
         return kept
 
 
-def _pick(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator) -> int:
-    """The target's token from one row of logits [V]: argmax or a sample."""
+def _pick(logits: torch.Tensor, gen: GenerationConfig, sampler: PositionSampler, pos: int) -> int:
+    """The target's token at sequence position `pos` from one row of logits [V]: argmax or a sample."""
     if gen.sampling.greedy:
         return int(logits.argmax())
-    return int(torch.multinomial(target_probs(logits.view(1, -1), gen.sampling)[0], 1, generator=rng))
+    return sampler.sample(target_probs(logits.view(1, -1), gen.sampling)[0], pos)
 
 
 @dataclass
@@ -91,7 +92,10 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     adapter.use_tree_attention(model)
     stats = GenerationStats(method=method, prompt_tokens=len(prompt_ids))
     stopper = Stopper(target.tokenizer, target.eos_ids, gen)
-    rng = torch.Generator().manual_seed(gen.sampling.seed if gen.sampling.seed is not None else 0)
+    # No seed: a fresh one, recorded in the statistics so the run can be repeated.
+    seed = gen.sampling.seed if gen.sampling.seed is not None else secrets.randbits(63)
+    stats.seed = None if gen.sampling.greedy else seed
+    sampler = PositionSampler(seed, model.device)
     layer = proposer.hidden_layer
     embeddings = model.get_input_embeddings().weight if gate is not None and gate.enabled else None  # [V, H]
     policy = DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated)
@@ -107,7 +111,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         # Prefill: the whole prompt, causal; only the last position's logits are needed.
         cache = adapter.new_cache(model)
         out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long), torch.arange(n), cache,
-                                   torch.ones(n, n, dtype=torch.bool).tril_(), hidden_layer=layer,
+                                   adapter.causal_mask(n, "cpu"), hidden_layer=layer,
                                    logits_for=torch.tensor([n - 1]))
         context_hidden = out.hidden if proposer.wants_context_hidden else None  # [L, H]
         last_hidden = out.hidden[-1] if out.hidden is not None else None  # [H]
@@ -120,7 +124,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     sizer = TreeSizer(profile, sizing)
     tokens = list(prompt_ids)
     proposer.reset(list(prompt_ids))
-    first = stopper.feed([_pick(first_logits, gen, rng)])
+    first = stopper.feed([_pick(first_logits, gen, sampler, n)])
     tokens += first
     stats.prefill_s = time.perf_counter() - t0
     if on_tokens:
@@ -140,7 +144,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
         if gen.sampling.greedy:
             acc = accept_greedy(tree, ver.logits, gate, embeddings)
         else:
-            acc = accept_sampling(tree, ver.logits, gen.sampling, rng)
+            acc = accept_sampling(tree, ver.logits, gen.sampling, sampler, n_kv)
         adapter.commit_cache(cache, n_kv, acc.path)
         sizer.observe(tree, acc.path)
         path = list(acc.path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import SpecgenError
+from ..validate import check_fields, choice, in_range
 
 POLICY_MODES = ("adaptive", "always")
 # Break-even accepted tokens per drafting step, when min_expected is None: a drafting step costs
@@ -36,14 +36,13 @@ class DraftPolicyConfig:
     initial: float = 1.0  # the average before any step: draft from the first step on
 
     def __post_init__(self) -> None:
-        if self.mode not in POLICY_MODES:
-            raise SpecgenError(f"draft policy must be one of {', '.join(POLICY_MODES)}, got '{self.mode}'")
-        if self.min_expected is not None and self.min_expected < 0:
-            raise SpecgenError(f"draft policy min-expected must be >= 0, got {self.min_expected}")
-        if not 0.0 < self.decay <= 1.0:
-            raise SpecgenError(f"draft policy decay must be in (0, 1], got {self.decay}")
-        if self.probe_every < 1:
-            raise SpecgenError(f"draft policy probe-every must be >= 1, got {self.probe_every}")
+        check_fields(self)
+        choice("draft_policy", self.mode, POLICY_MODES)
+        if self.min_expected is not None:
+            in_range("min_expected", self.min_expected, 0, None)
+        in_range("decay", self.decay, 0, 1, lo_open=True)
+        in_range("probe_every", self.probe_every, 1, 1_000_000)
+        in_range("initial", self.initial, 0, None)
 
 
 class DraftPolicy:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import torch
 
 from ..errors import SpecgenError
+from ..validate import check_fields, choice
 
 if TYPE_CHECKING:
     from .tree import Tree
@@ -51,8 +52,8 @@ class TreeSizingConfig:
     prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
 
     def __post_init__(self) -> None:
-        if self.mode not in SIZING_MODES:
-            raise SpecgenError(f"tree sizing must be one of {', '.join(SIZING_MODES)}, got '{self.mode}'")
+        check_fields(self)
+        choice("tree_sizing", self.mode, SIZING_MODES)
         if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(set(self.sizes)):
             raise SpecgenError("tree sizing: sizes must be increasing and start at 1")
         if self.costs is not None and (len(self.costs) != len(self.sizes) or min(self.costs) <= 0):
@@ -110,7 +111,7 @@ def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfi
     vocab = int(model.config.vocab_size)
     seconds = []
     for n in cfg.sizes:
-        mask = torch.ones(n, n, dtype=torch.bool, device=model.device).tril_()  # [n, n] a chain
+        mask = adapter.causal_mask(n, model.device)  # [n, n] a chain
         best = float("inf")
         for r in range(cfg.reps + 1):  # the first run of each size warms up
             tokens = torch.randint(0, vocab, (n,), device=model.device)  # [n]

@@ -42,6 +42,7 @@ class GenerationStats:
     accept_s: float = 0.0
     reused_cache: bool = False  # the prompt came prefilled (decoding.loop.Prefilled): no prefill forward
     draft_skipped: int = 0  # steps where the draft policy skipped proposing (decoding/policy.py)
+    seed: int | None = None  # the sampling seed used (None when greedy)
     cost_profile: dict | None = None  # relative verification cost per forward size (decoding/sizing.py)
     accept_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
     position_drafted: list[int] = field(default_factory=list)  # steps drafting depth >= i + 1

@@ -26,6 +26,9 @@ class DraftModelProposer(Proposer):
     name = "sd"
 
     def __init__(self, draft_model: Any, num_draft: int) -> None:
+        # The draft runs through the same tree-attention forward as the target, with a causal chain
+        # mask of its own: nothing depends on which attention implementation either model had.
+        adapter.use_tree_attention(draft_model)
         self.model = draft_model
         self.num_draft = num_draft
         self.cache: Any = None
@@ -38,10 +41,14 @@ class DraftModelProposer(Proposer):
     @torch.inference_mode()
     def _feed(self, tokens: list[int]) -> torch.Tensor:
         """Run `tokens` through the draft on top of its cache; logits of the last one [V]."""
-        ids = torch.tensor([tokens], dtype=torch.long)  # [1, m]
-        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        device = self.model.device
+        m, start = len(tokens), len(self.fed)
+        ids = torch.tensor(tokens, dtype=torch.long, device=device)  # [m]
+        positions = torch.arange(start, start + m, device=device)  # [m]
+        out = adapter.tree_forward(self.model, ids, positions, self.cache, adapter.causal_mask(m, device),
+                                   logits_for=torch.tensor([m - 1], device=device))
         self.fed += tokens
-        return out.logits[0, -1]
+        return out.logits[-1]  # [V]
 
     def propose(self, ctx: ProposeContext) -> Candidates:
         k = min(self.num_draft, ctx.budget)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..datastore.store import SemanticIndex
 from ..errors import SpecgenError
+from ..validate import check_fields, in_range, input_path
 from .base import Candidates, Proposer, ProposeContext
 from .registry import register_method
 
@@ -28,6 +29,11 @@ class RESTConfig:
     continuation_len: int = 16  # tokens per continuation (also capped by the node budget)
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        if self.index is not None:
+            input_path("index", self.index, "dir")
+        for name in ("max_suffix_len", "min_suffix_len", "max_candidates", "continuation_len"):
+            in_range(name, getattr(self, name), 1, 4096)
         if not 1 <= self.min_suffix_len <= self.max_suffix_len:
             raise SpecgenError(f"need 1 <= min-suffix-len <= max-suffix-len, got {self.min_suffix_len}, {self.max_suffix_len}")
         if self.max_candidates < 1 or self.continuation_len < 1:

@@ -27,6 +27,7 @@ import torch
 from ..config import SoftGateConfig
 from ..datastore.store import SemanticIndex
 from ..errors import SpecgenError
+from ..validate import check_fields, in_range, input_path
 from .base import Candidates, Proposer, ProposeContext
 from .registry import register_method
 from .rest import target_identity
@@ -60,14 +61,19 @@ class SenseConfig:
     gate: SoftGateConfig = field(default_factory=SoftGateConfig)
 
     def __post_init__(self) -> None:
-        if min(self.k, self.context_k, self.max_draft_len, self.max_candidates, self.conditioned_max_rows) < 1:
-            raise SpecgenError("sense: k, context-k, max-draft-len, max-candidates and conditioned-max-rows must be >= 1")
-        if not -1.0 <= self.min_similarity <= 1.0:
-            raise SpecgenError(f"sense: min-similarity must be in [-1, 1], got {self.min_similarity}")
+        check_fields(self)
+        if self.index is not None:
+            input_path("index", self.index, "dir")
+        for name in ("k", "context_k", "max_draft_len", "max_candidates"):
+            in_range(name, getattr(self, name), 1, 4096)
+        in_range("conditioned_max_rows", self.conditioned_max_rows, 1, 2**31)
+        in_range("min_similarity", self.min_similarity, -1, 1)
+        in_range("min_score", self.min_score, 0, None)
+        in_range("datastore_weight", self.datastore_weight, 0, None)
+        in_range("context_weight", self.context_weight, 0, None)
         if not (self.use_datastore or self.use_context):
             raise SpecgenError("sense: turn on at least one source (datastore or context)")
-        if self.layer < -1:
-            raise SpecgenError(f"sense: layer must be >= -1, got {self.layer}")
+        in_range("layer", self.layer, -1, 4096)
 
 
 class SenseProposer(Proposer):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import SpecgenError
+from ..validate import check_fields, choice, in_range
 
 # RSD-style step scorer (Liao et al., 2025): (context text, step text) -> score in [0, 1], higher =
 # better. A process reward model plugs in here; when set it replaces grounding and confidence.
@@ -35,16 +36,6 @@ REFERENCES = ("absolute", "relative")
 CONFIDENCES = ("mean_exp", "min")
 RULES = ("ensemble", "and")
 SIGNALS = ("both", "grounding", "confidence")
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise SpecgenError(f"{name} must be one of {', '.join(allowed)}, got '{value}'")
-
-
-def _unit(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise SpecgenError(f"{name} must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -95,25 +86,21 @@ class SpecGuardConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.step_delimiter:
-            raise SpecgenError("step-delimiter must not be empty")
-        if self.candidates < 1:
-            raise SpecgenError(f"candidates must be >= 1, got {self.candidates}")
-        if self.draft_temperature < 0:
-            raise SpecgenError(f"draft-temperature must be >= 0, got {self.draft_temperature}")
-        if self.max_step_tokens < 1:
-            raise SpecgenError(f"max-step-tokens must be >= 1, got {self.max_step_tokens}")
-        if self.grounding_layers < 1:
-            raise SpecgenError(f"grounding-layers must be >= 1, got {self.grounding_layers}")
-        _choice("selector", self.selector, SELECTORS)
-        _choice("grounding-reduce", self.grounding_reduce, REDUCES)
-        _choice("grounding-direction", self.grounding_direction, DIRECTIONS)
-        _choice("grounding-reference", self.grounding_reference, REFERENCES)
-        _choice("confidence", self.confidence, CONFIDENCES)
-        _choice("rule", self.rule, RULES)
-        _choice("signals", self.signals, SIGNALS)
+        check_fields(self)
+        in_range("candidates", self.candidates, 1, 64)
+        in_range("draft_temperature", self.draft_temperature, 0, 100)
+        in_range("max_step_tokens", self.max_step_tokens, 1, 100_000)
+        in_range("grounding_layers", self.grounding_layers, 1, 1024)
+        in_range("seed", self.seed, 0, 2**63 - 1)
+        choice("selector", self.selector, SELECTORS)
+        choice("grounding_reduce", self.grounding_reduce, REDUCES)
+        choice("grounding_direction", self.grounding_direction, DIRECTIONS)
+        choice("grounding_reference", self.grounding_reference, REFERENCES)
+        choice("confidence", self.confidence, CONFIDENCES)
+        choice("rule", self.rule, RULES)
+        choice("signals", self.signals, SIGNALS)
         for name in ("grounding_quantile", "beta", "tau", "tau_confidence", "tau_grounding"):
-            _unit(name.replace("_", "-"), getattr(self, name))
+            in_range(name, getattr(self, name), 0, 1)
         if self.recompute_method == "specguard":
             raise SpecgenError("recompute-method must be a token-level method, not specguard")
         if self.scorer is not None and not callable(self.scorer):

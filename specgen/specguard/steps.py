@@ -167,7 +167,7 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
     cache = adapter.new_cache(model)
     n = len(prompt_ids)
     out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long), torch.arange(n), cache,
-                               torch.ones(n, n, dtype=torch.bool).tril_(), logits_for=torch.tensor([n - 1]))
+                               adapter.causal_mask(n, "cpu"), logits_for=torch.tensor([n - 1]))
     last_logits = out.logits[-1]  # [V] predicts the first output token
     stats.prefill_s = time.perf_counter() - t0
     records: list[dict[str, Any]] = []

@@ -162,7 +162,7 @@ def run_verifier_study(target: Any, problems: list[Problem], config: SpecGuardCo
         cache = adapter.new_cache(model)
         n = len(ids)
         out = adapter.tree_forward(model, torch.tensor(ids), torch.arange(n), cache,
-                                   torch.ones(n, n, dtype=torch.bool).tril_(), logits_for=torch.tensor([n - 1]))
+                                   adapter.causal_mask(n, "cpu"), logits_for=torch.tensor([n - 1]))
         last = out.logits[-1]  # [V]
         for i, step in enumerate(split_steps(prob.solution)):
             text = step + cfg.step_delimiter

@@ -3,27 +3,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from _bench_fakes import FakeGenerate
-from specgen.bench.runner import RECORDS_FILE, BenchConfig, plan_methods, run_bench
+from specgen.bench.records import RECORDS_FILE
+from specgen.bench.runner import BenchConfig, plan_methods, run_bench
 from specgen.bench.suites import load_suite
 from specgen.errors import SpecgenError
 
 
-def test_plan_adds_ar_first_and_skips_index_methods_without_index() -> None:
+def test_plan_adds_ar_first_and_skips_index_methods_without_index(tmp_path: Path) -> None:
     runs, notes = plan_methods(BenchConfig())
     labels = [r.label for r in runs]
     assert labels[0] == "ar" and "pld" in labels
     assert "sd" not in labels  # the default run leaves out the self-draft (it accepts ~nothing on SmolLM2)
     assert "rest" not in labels and any(n.startswith("skipped rest") for n in notes)
     assert "sense" in labels and any("sense runs on the live context" in n for n in notes)
-    runs, notes = plan_methods(BenchConfig(methods=("rest", "sense"), index="/some/index",
+    index = str(tmp_path)  # configs check that the folder exists; planning reads nothing in it
+    runs, notes = plan_methods(BenchConfig(methods=("rest", "sense"), index=index,
                                            method_options={"sense": {"gate": {"enabled": True}}}))
     assert [r.label for r in runs] == ["ar", "rest", "sense"] and not notes
-    assert runs[1].config.index == "/some/index" and runs[2].config.index == "/some/index"
+    assert runs[1].config.index == index and runs[2].config.index == index
     assert runs[2].config.gate.enabled and not runs[2].lossless and runs[1].lossless
     runs, _ = plan_methods(BenchConfig(methods=("pld",)))
     assert [r.label for r in runs] == ["ar", "pld"]
@@ -119,3 +122,36 @@ def test_suite_limit_per_category(tiny_suite: Path) -> None:
     qs = load_suite(str(tiny_suite), 1)
     assert [(q.question_id, q.category) for q in qs] == [("1", "writing"), ("3", "math")]
     assert qs[1].reference == "4"
+
+
+def test_resume_refuses_records_made_with_other_method_settings_index_or_model(
+        fake_bundle: Any, tiny_suite: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    base = dict(suite=str(tiny_suite), limit=1, max_new_tokens=5, warmup=0, out_dir=out)
+    run_bench(BenchConfig(methods=("pld",), **base), bundle=fake_bundle, generate_fn=FakeGenerate())
+    # another method config for a column already recorded
+    with pytest.raises(SpecgenError, match=r"'pld' records made with other settings \(config.num_draft: 10 -> 4\)"):
+        run_bench(BenchConfig(methods=("pld",), method_options={"pld": {"num_draft": 4}}, **base),
+                  bundle=fake_bundle, generate_fn=FakeGenerate())
+    # a new column is fine: only recorded groups must match
+    again = FakeGenerate()
+    run_bench(BenchConfig(methods=("pld", "sd"), **base), bundle=fake_bundle, generate_fn=again)
+    assert {m for m, _ in again.calls} == {"sd"}
+    # the same index path holding a rebuilt index is another index
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    (idx / "manifest.json").write_text('{"v": 1}')
+    cfg = BenchConfig(methods=("sense",), index=str(idx), **base)
+    run_bench(cfg, bundle=fake_bundle, generate_fn=FakeGenerate())
+    (idx / "manifest.json").write_text('{"v": 2}')
+    with pytest.raises(SpecgenError, match=r"'sense' records made with other settings \(config.index.manifest_sha256"):
+        run_bench(cfg, bundle=fake_bundle, generate_fn=FakeGenerate())
+    # a model with another identity under the same name
+    ident = {"name": "fake-model", "config_sha256": "a", "tokenizer_sha256": "t"}
+    other = tmp_path / "run2"
+    named = SimpleNamespace(**vars(fake_bundle), identity=lambda: ident)
+    cfg2 = BenchConfig(methods=("pld",), **{**base, "out_dir": str(other)})
+    run_bench(cfg2, bundle=named, generate_fn=FakeGenerate())
+    changed = SimpleNamespace(**vars(fake_bundle), identity=lambda: {**ident, "config_sha256": "b"})
+    with pytest.raises(SpecgenError, match=r"other settings \(model_identity.config_sha256: 'a' -> 'b'\)"):
+        run_bench(cfg2, bundle=changed, generate_fn=FakeGenerate())

@@ -269,3 +269,20 @@ def test_token_conditioned_search_matches_faiss_on_the_posting_list(big_index: P
     assert idx.search_followed_by(hs[0], common, k=8, max_rows=1) is None  # too many keys: caller falls back
     s, i = idx.search_followed_by(hs[0], 10**6, k=8)  # a token that never occurs
     assert s.size == 0 and i.size == 0
+
+
+@pytest.mark.parametrize("field", ["files", "index", "projection"])
+def test_manifest_file_names_cannot_leave_the_index_folder(small_corpus: Path, tmp_path: Path, tok: Any, model: Any,
+                                                           field: str) -> None:
+    out = tmp_path / "idx"
+    build_index(model, tok, small_corpus, out, SMALL)
+    secret = tmp_path / "secret.npy"
+    secret.write_bytes(b"outside the index")
+    raw = json.loads((out / "manifest.json").read_text())
+    if field == "files":
+        raw["files"]["../secret.npy"] = secret.stat().st_size
+    else:
+        raw[field]["file"] = "../secret.npy"
+    (out / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(SpecgenError, match="not a plain name inside the index folder"):
+        SemanticIndex.load(out)

@@ -34,10 +34,13 @@ def _hidden(model: Any, ids: list[int]) -> torch.Tensor:
     return hidden_states(model, t, None, -1)[0]  # [T, H]
 
 
-def test_registered_with_cli_option_names() -> None:
-    assert make_config("rest", {"index": "x"}) == RESTConfig(index="x")
-    cfg = make_config("sense", {"index": "x", "gate_enabled": True, "gate_alpha": 0.2})
-    assert cfg.index == "x" and cfg.gate.enabled and cfg.gate.alpha == 0.2
+def test_registered_with_cli_option_names(tmp_path: Path) -> None:
+    x = str(tmp_path)  # an existing folder: configs check that --index exists
+    assert make_config("rest", {"index": x}) == RESTConfig(index=x)
+    cfg = make_config("sense", {"index": x, "gate_enabled": True, "gate_alpha": 0.2})
+    assert cfg.index == x and cfg.gate.enabled and cfg.gate.alpha == 0.2
+    with pytest.raises(SpecgenError, match="--index: .* does not exist"):
+        make_config("rest", {"index": str(tmp_path / "missing")})
     assert get_method("sense").lossless and get_method("rest").lossless
 
 

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from specgen.config import DraftModelConfig, GenerationConfig
+from specgen.decoding.policy import DraftPolicyConfig
+from specgen.decoding.sizing import TreeSizingConfig
 from specgen.errors import SpecgenError
 from specgen.generate import generate
 
@@ -19,7 +21,10 @@ def test_separate_draft_model_is_lossless(real_bundle: Any, tmp_path: Path) -> N
     draft = make_tiny_llama(vocab_size=real_bundle.model.config.vocab_size, seed=2)
     draft.save_pretrained(tmp_path / "draft")
     real_bundle.tokenizer.save_pretrained(tmp_path / "draft")
-    gen = GenerationConfig(max_new_tokens=20)
+    # Budget sizing, drafting every step: the random draft is never worth its forward, so cost
+    # sizing would (rightly) verify none of it and the check would not exercise the draft.
+    gen = GenerationConfig(max_new_tokens=20, tree_sizing=TreeSizingConfig(mode="budget"),
+                           draft_policy=DraftPolicyConfig(mode="always"))
     prompt = "List three primary colors."
     ar = generate(real_bundle, prompt, method="ar", gen=gen)
     sd = generate(real_bundle, prompt, method="sd", gen=gen,

@@ -80,6 +80,6 @@ def test_adaptive_policy_skips_hopeless_drafts_and_stays_lossless(tiny_bundle: A
 def test_bench_config_refuses_an_unknown_policy() -> None:
     from specgen.bench.runner import BenchConfig
 
-    with pytest.raises(SpecgenError, match="draft policy must be one of"):
+    with pytest.raises(SpecgenError, match="--draft-policy must be one of"):
         BenchConfig(draft_policy="never")
     assert BenchConfig(draft_policy="always").fingerprint()["draft_policy"] == "always"

@@ -59,7 +59,7 @@ def test_acceptance_model_learns_per_score_and_depth() -> None:
     assert m.prob(3.0, 5) < 0.1  # the same score deeper: rejected
     assert m.prob(0.3, 1) < 0.1
     assert m.prob(3.0, 1) == m.prob(2.5, 1)  # same bins
-    with pytest.raises(SpecgenError, match="tree sizing"):
+    with pytest.raises(SpecgenError, match="--tree-sizing must be one of"):
         TreeSizingConfig(mode="fixed")
     with pytest.raises(SpecgenError, match="sizes"):
         TreeSizingConfig(sizes=(2, 4))

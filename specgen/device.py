@@ -1,0 +1,40 @@
+"""The one place that decides the device and dtype a run uses (`--device`, `--dtype`).
+
+`auto` = the first CUDA device when one is available, else the CPU. Anything a user types that
+cannot be honoured here (`cuda` on a machine without CUDA, `cuda:3` on a one-GPU machine, an
+unknown name) is a one-line SpecgenError, before any model loads.
+"""
+from __future__ import annotations
+
+import re
+
+from .errors import SpecgenError
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+def check_device_spec(spec: str) -> str:
+    """`spec` normalised (lower case), or a SpecgenError when it is not auto|cpu|cuda|cuda:N."""
+    s = (spec or "").strip().lower()
+    m = _DEVICE_RE.match(s)
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise SpecgenError(f"--device must be {DEVICE_CHOICES}, got {spec!r}")
+    return s
+
+
+def resolve_device(spec: str = "auto") -> "torch.device":  # noqa: F821 - torch is imported lazily
+    """The torch.device for `spec`; `cuda` without CUDA is a one-line error."""
+    import torch
+
+    s = check_device_spec(spec)
+    if s == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if s.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SpecgenError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
+        index = int(s.split(":")[1]) if ":" in s else 0
+        if index >= torch.cuda.device_count():
+            raise SpecgenError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
