@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from ..decoding.policy import DraftPolicyConfig
 from ..decoding.sizing import TreeSizingConfig
-from ..errors import SpecgenError
+from ..errors import Interrupted, SpecgenError
 from ..validate import check_fields, in_range, input_path, output_dir
 from .humaneval import check_completion
 from .records import RecordStore, run_settings
@@ -325,25 +325,29 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
             for _ in range(config.warmup):
                 call(run, ids, min(config.max_new_tokens, WARMUP_MAX_TOKENS))
     done = 0
-    for q in questions:
-        ar_group = store.get("ar", q.question_id)
-        for run in runs:
-            progress(done, total, f"{run.label} · {q.category} · {q.question_id}")
-            group = store.get(run.label, q.question_id, settings[run.label])
-            if group is None:
-                group, answers = [], []
-                for turn in range(min(config.turns, len(q.turns))):
-                    ids = chat_ids(bundle.tokenizer, q, answers, turn)
-                    rec = make_record(run, q, turn, call(run, ids, config.max_new_tokens, question_stop(bundle.tokenizer, q)), model_name)
-                    ar_rec = rec if run.label == "ar" else (ar_group[turn] if ar_group and turn < len(ar_group) else None)
-                    _mark_vs_ar(rec, ar_rec)
-                    group.append(rec)
-                    answers.append(rec["text"])
-                store.add(run.label, q.question_id, group, settings[run.label])
-            if run.label == "ar":
-                ar_group = group
-            done += 1
-            progress(done, total, f"{run.label} · {q.category} · {q.question_id}")
+    try:
+        for q in questions:
+            ar_group = store.get("ar", q.question_id)
+            for run in runs:
+                progress(done, total, f"{run.label} · {q.category} · {q.question_id}")
+                group = store.get(run.label, q.question_id, settings[run.label])
+                if group is None:
+                    group, answers = [], []
+                    for turn in range(min(config.turns, len(q.turns))):
+                        ids = chat_ids(bundle.tokenizer, q, answers, turn)
+                        rec = make_record(run, q, turn, call(run, ids, config.max_new_tokens, question_stop(bundle.tokenizer, q)), model_name)
+                        ar_rec = rec if run.label == "ar" else (ar_group[turn] if ar_group and turn < len(ar_group) else None)
+                        _mark_vs_ar(rec, ar_rec)
+                        group.append(rec)
+                        answers.append(rec["text"])
+                    store.add(run.label, q.question_id, group, settings[run.label])
+                if run.label == "ar":
+                    ar_group = group
+                done += 1
+                progress(done, total, f"{run.label} · {q.category} · {q.question_id}")
+    except KeyboardInterrupt:
+        kept = "; the finished ones are kept in --out (the same command resumes)" if config.out_dir else ""
+        raise Interrupted(f"interrupted after {done} of {total} runs{kept}") from None
     records = [rec for q in questions for r in runs for rec in (store.get(r.label, q.question_id) or [])]
     env = environment(config.seed)
     return BenchResult(config, runs, records, summarize(records), notes, env, model_name)

@@ -14,18 +14,28 @@ import typer
 from typer.exceptions import TyperException
 from typer.core import TyperGroup
 
-from specgen.errors import SpecgenError
+from specgen.errors import Interrupted, SpecgenError
+
+
+class _Interrupt(Exception):
+    """Ctrl-C carried past typer, which would turn a KeyboardInterrupt into a silent exit code 130."""
 
 
 class OneLineErrors(TyperGroup):
     """A Typer group whose usage and library errors print as a single `error: ...` line."""
 
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupt(str(exc) if isinstance(exc, Interrupted) and str(exc) else "interrupted") from None
+
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except (KeyboardInterrupt, typer.Abort):
-            typer.echo("error: interrupted", err=True)
+        except (_Interrupt, KeyboardInterrupt, typer.Abort) as exc:
+            typer.echo(f"error: {exc if isinstance(exc, _Interrupt) else 'interrupted'}", err=True)
             sys.exit(130)
         except SpecgenError as exc:
             typer.echo(f"error: {_first_line(str(exc))}", err=True)
@@ -155,7 +165,13 @@ def generate(
         check_model_spec(method_config.draft_model)
     bundle = load_model(model, dtype=dtype)
     sink = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    result = run_generate(bundle, text, method=method, gen=gen, method_config=method_config, raw=raw, on_text=sink)
+    try:
+        result = run_generate(bundle, text, method=method, gen=gen, method_config=method_config, raw=raw, on_text=sink)
+    except KeyboardInterrupt:
+        if sink is not None:  # the streamed text stays; end its line before the message
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

@@ -27,6 +27,23 @@ def causal_mask(n: int, device: torch.device | str) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
 
 
+def context_length(model: Any) -> int | None:
+    """Most positions the model was built for (config.max_position_embeddings), None when unknown."""
+    n = getattr(model.config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def check_prompt_fits(model: Any, prompt_len: int) -> int | None:
+    """The model's context length; a one-line SpecgenError when a prompt of `prompt_len` fills it."""
+    from .errors import SpecgenError
+
+    context = context_length(model)
+    if context is not None and prompt_len >= context:
+        raise SpecgenError(f"the prompt has {prompt_len} tokens but the model's context holds {context}: "
+                           "shorten the prompt")
+    return context
+
+
 def new_cache(model: Any) -> Any:
     """An empty HF DynamicCache for `model`."""
     from transformers import DynamicCache

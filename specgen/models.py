@@ -286,6 +286,49 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+HUB_PROBE_S = 3.0  # how long the hub may take to accept a connection before it counts as unreachable
+
+
+def _hub_reachable(timeout_s: float = HUB_PROBE_S) -> bool:
+    """Whether the HF hub accepts a TCP connection within `timeout_s` (DNS included), without retries."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout_s):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return bool(ok)
+
+
+def _hub_snapshot(repo_id: str) -> str | Path:
+    """A hub id resolved offline first: its local snapshot when cached; else the id itself when the hub
+    can be reached (transformers downloads it), or a one-line error at once when it cannot."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (OSError, ValueError, HfHubHTTPError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or not _hub_reachable():
+        raise SpecgenError(f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
+                           "(offline): download it where there is network, or give a local folder or .gguf")
+    return repo_id
+
+
 def load_model(spec: str | None = None, dtype: str = "float32") -> ModelBundle:
     """Load model and tokenizer for `spec` (alias, hub id, folder or .gguf) in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -295,6 +338,8 @@ def load_model(spec: str | None = None, dtype: str = "float32") -> ModelBundle:
     if dtype not in DTYPES:
         raise SpecgenError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(DTYPES))})")
     name, where = resolve_model_path(spec)
+    if isinstance(where, str):
+        where = _hub_snapshot(where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False)
     except LOAD_ERRORS as exc:

@@ -35,7 +35,7 @@ from .. import adapter
 from ..config import GenerationConfig
 from ..decoding.loop import Prefilled, Stopper
 from ..decoding.stats import GenerationStats, StepRecord
-from ..errors import SpecgenError
+from ..errors import Interrupted, SpecgenError
 from .config import SpecGuardConfig
 from .scores import StepScore, decide, effective_grounding, score_candidates
 from .select import select_candidate
@@ -161,7 +161,8 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
     model = target.model
     adapter.use_tree_attention(model)
     stats = GenerationStats(method="specguard", prompt_tokens=len(prompt_ids))
-    stopper = Stopper(target.tokenizer, target.eos_ids, gen)
+    context = adapter.check_prompt_fits(model, len(prompt_ids))
+    stopper = Stopper(target.tokenizer, target.eos_ids, gen, None if context is None else context - len(prompt_ids))
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
     t0 = time.perf_counter()
     cache = adapter.new_cache(model)
@@ -174,71 +175,74 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
     draft_s = target_s = 0.0
     inner = {"forwards": 0, "drafted": 0, "accepted": 0}
 
-    while stopper.reason is None:
-        out_ids = stopper.generated
-        n_kv = len(prompt_ids) + len(out_ids)
-        remaining = gen.max_new_tokens - len(out_ids)
-        out_text = target.tokenizer.decode(out_ids, skip_special_tokens=True)
-        ta = time.perf_counter()
-        ctx_ids = d_prompt + draft.tokenizer(out_text, add_special_tokens=False)["input_ids"]
-        cands, vectors = sample_steps(draft, ctx_ids, cfg, min(cfg.max_step_tokens, remaining),
-                                      cfg.seed + len(records))
-        chosen = select_candidate([c.text for c in cands], cfg.selector, vectors)
-        cand_ids = [step_to_target_ids(c, target)[:remaining] for c in cands]
-        tb = time.perf_counter()
-        draft_s += tb - ta
-        rec: dict[str, Any] = {"draft_text": cands[chosen].text, "candidates": len(cands)}
-        accepted, score = False, None
-        step_ids = cand_ids[chosen]
-        if step_ids:
-            scored_ids = [c for c in cand_ids if c] if cfg.grounding_reference == "relative" else [step_ids]
-            at = next(i for i, c in enumerate(scored_ids) if c is step_ids)
-            scs = score_candidates(model, cache, scored_ids, last_logits, cfg)
-            sc = scs[at]
-            g = effective_grounding(sc.grounding, [s.grounding for i, s in enumerate(scs) if i != at], cfg)
-            if cfg.scorer is not None:
-                score = float(cfg.scorer(out_text, cands[chosen].text))
-                accepted = score >= cfg.tau
-            else:
-                score, accepted = decide(sc.confidence, g, cfg)
-            rec.update(grounding=sc.grounding, grounding_eff=g, confidence=sc.confidence)
+    try:
+        while stopper.reason is None:
+            out_ids = stopper.generated
+            n_kv = len(prompt_ids) + len(out_ids)
+            remaining = stopper.remaining
+            out_text = target.tokenizer.decode(out_ids, skip_special_tokens=True)
+            ta = time.perf_counter()
+            ctx_ids = d_prompt + draft.tokenizer(out_text, add_special_tokens=False)["input_ids"]
+            cands, vectors = sample_steps(draft, ctx_ids, cfg, min(cfg.max_step_tokens, remaining),
+                                          cfg.seed + len(records))
+            chosen = select_candidate([c.text for c in cands], cfg.selector, vectors)
+            cand_ids = [step_to_target_ids(c, target)[:remaining] for c in cands]
+            tb = time.perf_counter()
+            draft_s += tb - ta
+            rec: dict[str, Any] = {"draft_text": cands[chosen].text, "candidates": len(cands)}
+            accepted, score = False, None
+            step_ids = cand_ids[chosen]
+            if step_ids:
+                scored_ids = [c for c in cand_ids if c] if cfg.grounding_reference == "relative" else [step_ids]
+                at = next(i for i, c in enumerate(scored_ids) if c is step_ids)
+                scs = score_candidates(model, cache, scored_ids, last_logits, cfg)
+                sc = scs[at]
+                g = effective_grounding(sc.grounding, [s.grounding for i, s in enumerate(scs) if i != at], cfg)
+                if cfg.scorer is not None:
+                    score = float(cfg.scorer(out_text, cands[chosen].text))
+                    accepted = score >= cfg.tau
+                else:
+                    score, accepted = decide(sc.confidence, g, cfg)
+                rec.update(grounding=sc.grounding, grounding_eff=g, confidence=sc.confidence)
+                if accepted:
+                    offset = sum(len(c) for c in scored_ids[:at])
+                    adapter.commit_cache(cache, n_kv, list(range(offset, offset + len(step_ids))))
+                    last_logits = sc.last_logits
+            tc = time.perf_counter()
+            stats.add_step(StepRecord(drafted=len(step_ids), draft_depth=0, accepted=len(step_ids) if accepted else 0,
+                                      emitted=0, t_propose=tb - ta, t_verify=tc - tb))
             if accepted:
-                offset = sum(len(c) for c in scored_ids[:at])
-                adapter.commit_cache(cache, n_kv, list(range(offset, offset + len(step_ids))))
-                last_logits = sc.last_logits
-        tc = time.perf_counter()
-        stats.add_step(StepRecord(drafted=len(step_ids), draft_depth=0, accepted=len(step_ids) if accepted else 0,
-                                  emitted=0, t_propose=tb - ta, t_verify=tc - tb))
-        if accepted:
-            new = step_ids
-        else:
-            adapter.crop_cache(cache, n_kv)
-            sub = dataclasses.replace(gen, max_new_tokens=min(cfg.max_step_tokens, remaining),
-                                      stop=(cfg.step_delimiter,),
-                                      sampling=dataclasses.replace(gen.sampling, seed=(gen.sampling.seed or 0) + len(records)))
-            # Continue on the shared cache (no second prefill of the context), then crop back and
-            # score the target's own step in one forward, which also restores the cache state.
-            res = generate(target, prompt_ids + out_ids, method=cfg.recompute_method, gen=sub,
-                           prefilled=Prefilled(cache, last_logits))
-            prefills = 0 if res.stats.reused_cache else 1  # a proposer needing hidden states prefills anew
-            adapter.crop_cache(cache, n_kv)
-            new = res.token_ids
-            inner["forwards"] += res.stats.steps + prefills
-            inner["drafted"] += res.stats.drafted
-            inner["accepted"] += res.stats.accepted
-            own: StepScore = score_candidates(model, cache, [new], last_logits, cfg)[0]  # extend the cache
-            last_logits = own.last_logits
-            stats.steps += res.stats.steps + prefills + 1  # the sub-generation's steps (and prefill), this forward
-            rec.update(target_grounding=own.grounding, target_confidence=own.confidence)
-        td = time.perf_counter()
-        target_s += td - tb
-        stats.accept_s += td - tc
-        kept = stopper.feed(new)
-        stats.accept_lengths[-1] = len(kept)
-        rec.update(source="draft" if accepted else "target", score=score, accepted=accepted,
-                   text=target.tokenizer.decode(kept, skip_special_tokens=True), tokens=len(kept))
-        records.append(rec)
-        stream.push(kept)
+                new = step_ids
+            else:
+                adapter.crop_cache(cache, n_kv)
+                sub = dataclasses.replace(gen, max_new_tokens=min(cfg.max_step_tokens, remaining),
+                                          stop=(cfg.step_delimiter,),
+                                          sampling=dataclasses.replace(gen.sampling, seed=(gen.sampling.seed or 0) + len(records)))
+                # Continue on the shared cache (no second prefill of the context), then crop back and
+                # score the target's own step in one forward, which also restores the cache state.
+                res = generate(target, prompt_ids + out_ids, method=cfg.recompute_method, gen=sub,
+                               prefilled=Prefilled(cache, last_logits))
+                prefills = 0 if res.stats.reused_cache else 1  # a proposer needing hidden states prefills anew
+                adapter.crop_cache(cache, n_kv)
+                new = res.token_ids
+                inner["forwards"] += res.stats.steps + prefills
+                inner["drafted"] += res.stats.drafted
+                inner["accepted"] += res.stats.accepted
+                own: StepScore = score_candidates(model, cache, [new], last_logits, cfg)[0]  # extend the cache
+                last_logits = own.last_logits
+                stats.steps += res.stats.steps + prefills + 1  # the sub-generation's steps (and prefill), this forward
+                rec.update(target_grounding=own.grounding, target_confidence=own.confidence)
+            td = time.perf_counter()
+            target_s += td - tb
+            stats.accept_s += td - tc
+            kept = stopper.feed(new)
+            stats.accept_lengths[-1] = len(kept)
+            rec.update(source="draft" if accepted else "target", score=score, accepted=accepted,
+                       text=target.tokenizer.decode(kept, skip_special_tokens=True), tokens=len(kept))
+            records.append(rec)
+            stream.push(kept)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after {len(stopper.generated)} tokens") from None
 
     text = stream.close()
     stats.wall_s = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from specgen.datastore import IndexBuildConfig, build_index
 from specgen.datastore.manifest import build_lock, read_manifest
 from specgen.errors import SpecgenError
 
-from _tiny import stdlib_sources  # noqa: E402  (tests/datastore is on sys.path: conftest)
+from _tiny import stdlib_sources, tiny_model, tiny_tokenizer  # noqa: E402  (on sys.path: conftest)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -76,7 +76,11 @@ APPEND = """
 
 
 @pytest.mark.slow
-def test_three_racing_appends_are_serialised_and_lose_nothing(tmp_path: Path, tok: Any, model: Any) -> None:
+def test_three_racing_appends_are_serialised_and_lose_nothing(tmp_path: Path) -> None:
+    # Fresh objects, built exactly as the child processes build theirs (the session fixtures may
+    # have been reconfigured by earlier tests, and appends require the same model identity).
+    tok = tiny_tokenizer()
+    model = tiny_model(len(tok))
     sources = stdlib_sources()
     corpora = []
     for i, src in enumerate(sources):

@@ -1,0 +1,148 @@
+"""The step engine: one `DecodeState`, one `step()` (propose -> build tree -> verify -> accept -> commit).
+
+Every driver sits on it (DESIGN.md section 8): `decode` (one prompt on the target model), trace
+replay (a verifier that reads recorded target tokens instead of running the model) and SpecGuard
+(which regenerates a rejected step with `run(state, ..., until=...)` on its own cache). A method is
+a proposer plus an acceptance rule (`accept.ExactMatch`, `accept.SoftGate`); a verifier says what
+the target chooses at each tree node.
+
+Invariants of a state: `tokens` = prompt + emitted tokens, the last one pending (emitted, no KV
+entry yet); the verifier's cache holds exactly `tokens[:-1]`; `hidden` holds the proposer's hidden
+states of those same positions (when it wants them) and `last_hidden` the one that predicted the
+pending token.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ..proposers.base import Candidates, Proposer, ProposeContext
+from .accept import Acceptance
+from .policy import DraftPolicy
+from .sizing import TreeSizer
+from .stats import GenerationStats, StepRecord
+from .stopping import Stopper
+from .tree import Tree, build_tree
+
+TokenCallback = Callable[[list[int]], None]
+
+
+class HiddenBuffer:
+    """Hidden states of the committed positions, [n, H], in a preallocated device buffer grown by doubling.
+
+    Appending a step's accepted rows costs a copy of those rows only (amortised), not a `torch.cat`
+    of the whole context every step.
+    """
+
+    def __init__(self, first: torch.Tensor, capacity: int = 0) -> None:
+        n, h = first.shape  # [n, H]
+        self._buf = torch.empty(max(capacity, 2 * n, 64), h, dtype=first.dtype, device=first.device)  # [cap, H]
+        self._buf[:n] = first
+        self.n = n
+
+    def append(self, rows: torch.Tensor) -> None:
+        m = rows.shape[0]  # rows [m, H]
+        if self.n + m > self._buf.shape[0]:
+            grown = torch.empty(2 * (self.n + m), self._buf.shape[1], dtype=self._buf.dtype, device=self._buf.device)
+            grown[: self.n] = self._buf[: self.n]
+            self._buf = grown
+        self._buf[self.n:self.n + m] = rows
+        self.n += m
+
+    def view(self) -> torch.Tensor:
+        """[n, H] the hidden states so far (a view: valid until the next append)."""
+        return self._buf[: self.n]
+
+
+@dataclass
+class Verification:
+    """What the target says about a verified tree."""
+
+    choose: Callable[[int], int]  # node index -> the target's token after that node (argmax, sample or recorded)
+    logits: torch.Tensor | None = None  # [n, V] fp32, None when replaying
+    hidden: torch.Tensor | None = None  # [n, H] at the proposer's layer, when it wants hidden states
+
+
+class Verifier(Protocol):
+    """Runs (or reads) the target over a tree and keeps its cache in step with the accepted path."""
+
+    device: torch.device
+
+    def verify(self, state: "DecodeState", tree: Tree) -> Verification: ...
+
+    def commit(self, state: "DecodeState", path: tuple[int, ...]) -> None: ...
+
+
+class AcceptRule(Protocol):
+    """Walks a verified tree and returns the accepted path and the bonus token."""
+
+    def accept(self, tree: Tree, ver: Verification) -> Acceptance: ...
+
+
+@dataclass
+class DecodeState:
+    """One generation between steps (see the module docstring for the invariants)."""
+
+    tokens: list[int]
+    prompt_len: int
+    stopper: Stopper
+    stats: GenerationStats
+    policy: DraftPolicy
+    sizer: TreeSizer
+    node_budget: int
+    cache: Any = None  # the verifier's KV cache (None when replaying)
+    hidden: HiddenBuffer | None = None  # [n_kv, H] when the proposer wants the context's hidden states
+    last_hidden: torch.Tensor | None = None  # [H] the hidden state that predicted the pending token
+    extra: dict[str, Any] = field(default_factory=dict)  # driver-owned (e.g. the replay's recorded tokens)
+
+    @property
+    def n_kv(self) -> int:
+        """Positions with a KV entry: everything but the pending token."""
+        return len(self.tokens) - 1
+
+    @property
+    def done(self) -> bool:
+        return self.stopper.reason is not None
+
+
+def step(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: AcceptRule) -> StepRecord:
+    """One step: propose, build the tree, verify it, accept a path, commit it. Emits >= 1 token."""
+    ta = time.perf_counter()
+    budget = min(state.node_budget, state.stopper.remaining)
+    ctx = ProposeContext(tokens=state.tokens, prompt_len=state.prompt_len, budget=budget, hidden=state.last_hidden,
+                         context_hidden=state.hidden.view() if state.hidden is not None else None)
+    cands = proposer.propose(ctx) if budget > 0 and state.policy.should_draft() else Candidates()
+    tree = build_tree(state.tokens[-1], cands, budget, state.sizer.size_fn, device=verifier.device)
+    tb = time.perf_counter()
+    ver = verifier.verify(state, tree)
+    tc = time.perf_counter()
+    acc = rule.accept(tree, ver)
+    verifier.commit(state, acc.path)
+    state.sizer.observe(tree, acc.path)
+    if ver.hidden is not None:
+        rows = ver.hidden[list(acc.path)]  # [len(path), H]
+        state.last_hidden = rows[-1]
+        if state.hidden is not None:
+            state.hidden.append(rows)
+    new = state.stopper.feed([tree.token_list[i] for i in acc.path[1:]] + [acc.bonus])
+    state.tokens += new
+    proposer.commit(state.tokens, state.n_kv)
+    drafted, accepted = tree.size - 1, len(acc.path) - 1
+    state.policy.update(drafted, accepted)
+    rec = StepRecord(drafted=drafted, draft_depth=tree.max_depth, accepted=accepted, emitted=len(new), gated=acc.gated,
+                     t_propose=tb - ta, t_verify=tc - tb, t_accept=time.perf_counter() - tc, new_tokens=tuple(new))
+    state.stats.add_step(rec)
+    return rec
+
+
+def run(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: AcceptRule, *,
+        on_tokens: TokenCallback | None = None) -> DecodeState:
+    """Step until the state's stopper ends generation (EOS, length, a stop string, a step delimiter)."""
+    while not state.done:
+        rec = step(state, proposer, verifier, rule)
+        if on_tokens is not None:
+            on_tokens(list(rec.new_tokens))
+    return state
