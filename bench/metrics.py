@@ -82,6 +82,16 @@ def time_split(records: list[Record]) -> dict[str, float]:
     return parts
 
 
+def step_overhead_ms(records: list[Record]) -> dict[str, float] | None:
+    """p50 and p95 over every step of the time outside the target forward (propose, tree, accept,
+    commit, streaming), in milliseconds; None for runs that do not record it (peers)."""
+    xs = sorted(x for r in records for x in (r.get("step_overhead_s") or []))
+    if not xs:
+        return None
+    pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3  # noqa: E731
+    return {"p50": pick(0.5), "p95": pick(0.95), "steps": float(len(xs))}
+
+
 def group_metrics(records: list[Record], ar_records: list[Record]) -> dict[str, Any]:
     """Every metric of one (method, group of prompts); `ar_records` are `ar`'s on the same prompts."""
     tps = mean_tokens_per_s(records)
@@ -103,6 +113,7 @@ def group_metrics(records: list[Record], ar_records: list[Record]) -> dict[str, 
         "gsm8k_accuracy": _mean(None if r.get("correct") is None else float(r["correct"]) for r in records),
         "pass_at_1": _mean(None if r.get("passed") is None else float(r["passed"]) for r in records),
         "time_split": time_split(records),
+        "step_overhead_ms": step_overhead_ms(records),
         "mean_latency_s": wall / len(records) if records else None,
         "recomputed_step_fraction": recomputed_fraction(records),
     }

@@ -71,7 +71,7 @@ def run_peer(bundle: Any, name: str, prompt_ids: list[int], max_new_tokens: int,
     calls = [0]
     layer = _last_layer(model)
     hook = layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1)) if layer is not None else None
-    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=bundle.model.device)
     try:
         model.set_attn_implementation("sdpa")
         t0 = time.perf_counter()

@@ -2,8 +2,8 @@
 
 A greedy lossless method's output is the target's greedy output, so drafting can be scored offline:
 record each prompt's greedy continuation once with one forward over prompt + answer (which also
-yields every position's hidden state), then at each step hand the proposer exactly the context the
-decode loop would, build the pruned tree, and walk it against the recorded tokens. This is how
+yields every position's hidden state), then run the step engine with a verifier that reads the
+recorded tokens instead of running the model (`RecordedVerifier`). This is how
 DESIGN.md section 2 compared drafters; it lets a proposer's options be tuned in seconds instead of a
 benchmark run per setting. Step accounting follows the loop: every step emits the accepted draft
 tokens plus the bonus token, and with `policy` the adaptive draft policy decides when to draft.
@@ -20,10 +20,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..datastore.build import hidden_states
+from ..decoding.accept import ExactMatch
+from ..decoding.engine import DecodeState, HiddenBuffer, Verification, step
 from ..decoding.policy import DraftPolicy, DraftPolicyConfig
 from ..decoding.sizing import CostProfile, TreeSizer, TreeSizingConfig
-from ..decoding.tree import build_tree
-from ..proposers.base import Proposer, ProposeContext
+from ..proposers.base import Proposer
 
 
 @dataclass
@@ -82,14 +83,47 @@ def record_trace(bundle: Any, question_id: str, category: str, prompt_ids: list[
     return Trace(question_id, category, list(prompt_ids), list(output_ids), hidden, -1 if layer is None else layer)
 
 
+class RecordedVerifier:
+    """The engine's verifier for a trace: the target's token at a node is the recorded one at the
+    node's position, its hidden state the recorded one; no model runs and there is no cache."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+
+    def verify(self, state: DecodeState, tree: Any) -> Verification:
+        out, i = self.trace.output_ids, state.n_kv - state.prompt_len  # i: the pending token's index in `out`
+        depth = tree.depth_list
+
+        def choose(node: int) -> int:
+            j = i + 1 + depth[node]
+            return out[j] if j < len(out) else -1
+
+        hidden = None
+        if self.trace.hidden is not None and state.last_hidden is not None:
+            # node at depth d sits at position n_kv + d (rows past the trace are never on the accepted path)
+            rows = torch.tensor([min(state.n_kv + d, self.trace.hidden.shape[0] - 1) for d in depth], device="cpu")
+            hidden = self.trace.hidden[rows]  # [n, H]
+        return Verification(choose=choose, hidden=hidden)
+
+    def commit(self, state: DecodeState, path: tuple[int, ...]) -> None:
+        pass  # nothing to keep in step: the trace is the target's memory
+
+
 def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyConfig | None = None,
            sizing: TreeSizingConfig | None = None) -> ReplayStats:
     """Replay `proposer` on `trace` with `budget` draft nodes per step; `policy` None drafts at every step.
 
-    The first output token comes from prefill (no step), as in the decode loop. `sizing` with mode
-    "cost" needs a given profile (`costs`): the loop's per-step sizing is then replayed too, and
-    `ReplayStats.cost` sums the profile's cost of each step's forward.
+    The step engine runs as in the decode loop, its verifier reading the trace. The first output
+    token comes from prefill (no step). `sizing` with mode "cost" needs a given profile (`costs`):
+    the loop's per-step sizing is then replayed too, and `ReplayStats.cost` sums the profile's cost
+    of each step's forward.
     """
+    from ..config import GenerationConfig
+    from ..decoding.stopping import Stopper
+    from ..decoding.stats import GenerationStats
+
     p, out = len(trace.prompt_ids), trace.output_ids
     if proposer.hidden_layer is not None and trace.hidden is None:
         raise ValueError("this proposer needs hidden states: record the trace with a layer")
@@ -98,46 +132,36 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
         raise ValueError("replay has no clock: cost sizing needs a given profile (TreeSizingConfig.costs)")
     profile = CostProfile(list(sizing.sizes), list(sizing.costs)) if sizing.costs is not None else None
     sizer = TreeSizer(profile if sizing.mode == "cost" else None, sizing)  # a budget-sized replay is costed, not sized
-
-    drafting = DraftPolicy(policy, self_gated=proposer.self_gated) if policy is not None else None
+    gen = GenerationConfig(max_new_tokens=len(out), stop_at_eos=False)
+    stopper = Stopper(_NoText(), set(), gen)
+    stopper.feed(out[:1])  # the prefill's token
+    wants = proposer.hidden_layer is not None
+    state = DecodeState(tokens=trace.prompt_ids + out[:1], prompt_len=p, stopper=stopper,
+                        stats=GenerationStats(method=proposer.name, prompt_tokens=p),
+                        policy=DraftPolicy(policy or DraftPolicyConfig(mode="always"), self_gated=proposer.self_gated),
+                        sizer=sizer, node_budget=budget,
+                        hidden=HiddenBuffer(trace.hidden[:p]) if wants and proposer.wants_context_hidden else None,
+                        last_hidden=trace.hidden[p - 1] if wants and trace.hidden is not None else None)
     proposer.reset(list(trace.prompt_ids))
+    verifier, rule = RecordedVerifier(trace), ExactMatch()
     stats = ReplayStats()
-    i = 0  # index in `out` of the pending token
-    while i + 1 < len(out):
-        tokens = trace.prompt_ids + out[: i + 1]
-        n_kv = p + i
-        left = min(budget, len(out) - 1 - i)
-        ctx = ProposeContext(tokens=tokens, prompt_len=p, budget=left,
-                             hidden=trace.hidden[n_kv - 1] if trace.hidden is not None else None,
-                             context_hidden=trace.hidden[:n_kv] if proposer.wants_context_hidden and trace.hidden is not None else None)
-        draft = drafting is None or drafting.should_draft()
-        cands = proposer.propose(ctx) if draft and left > 0 else None
-        accepted, drafted = 0, 0
-        if cands is not None and len(cands):
-            tree = build_tree(out[i], cands, left, sizer.size_fn)
-            drafted = tree.size - 1
-            node, path = 0, {0}
-            while True:
-                want = out[i + 1 + accepted] if i + 1 + accepted < len(out) else None
-                nxt = next((c for c in tree.children[node] if int(tree.tokens[c]) == want), None)
-                if nxt is None:
-                    break
-                node, accepted = nxt, accepted + 1
-                path.add(node)
-            sizer.observe(tree, path)
-        stats.cost += profile(drafted + 1) if profile is not None else 0.0
-        emitted = min(accepted + 1, len(out) - 1 - i)
-        i += emitted
-        proposer.commit(trace.prompt_ids + out[: i + 1], p + i)
-        if drafting is not None:
-            drafting.update(drafted, accepted)
+    while not state.done:
+        rec = step(state, proposer, verifier, rule)
+        stats.cost += profile(rec.drafted + 1) if profile is not None else 0.0
         stats.steps += 1
-        stats.tokens += emitted
-        stats.drafted += drafted
-        stats.accepted += accepted
-        stats.accept_lengths.append(emitted)
-        stats.draft_sizes.append(drafted)
+        stats.tokens += rec.emitted
+        stats.drafted += rec.drafted
+        stats.accepted += rec.accepted
+        stats.accept_lengths.append(rec.emitted)
+        stats.draft_sizes.append(rec.drafted)
     return stats
+
+
+class _NoText:
+    """Replay stops on length only: a tokenizer the stopper never needs to decode with."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return ""
 
 
 def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,
@@ -182,6 +206,7 @@ def replay_plan(methods: tuple[str, ...], index: str | None,
     """label -> (method, config) for `methods`, resolved exactly as `specgen bench` resolves them
     (method-config sections, variants, --index); only lossless token-level methods can be replayed."""
     from ..errors import SpecgenError
+    from ..proposers.registry import get_method
     from .runner import BenchConfig, plan_methods
 
     runs, notes = plan_methods(BenchConfig(methods=methods, index=index, method_options=method_options))
@@ -191,7 +216,7 @@ def replay_plan(methods: tuple[str, ...], index: str | None,
         run = by_label.get(name)
         if run is None:
             raise SpecgenError(next((note for note in notes if name in note), f"cannot replay '{name}'"))
-        if run.method == "specguard" or not run.lossless:
+        if not get_method(run.method).token_level or not run.lossless:
             raise SpecgenError(f"replay scores lossless token-level methods, not '{name}'")
         plan[name] = (run.method, run.config)
     return plan

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from ..decoding.policy import DraftPolicyConfig
 from ..decoding.sizing import TreeSizingConfig
 from ..errors import Interrupted, SpecgenError
+from ..device import check_device_spec, check_dtype_spec, resolve_device
 from ..validate import check_fields, in_range, input_path, output_dir
 from .humaneval import check_completion
 from .records import RecordStore, run_settings
@@ -57,7 +58,8 @@ class BenchConfig:
     methods: tuple[str, ...] | None = None
     limit: int | None = 1
     model: str | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
+    device: str = "auto"
     max_new_tokens: int = 64
     peers: bool = False
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -86,6 +88,8 @@ class BenchConfig:
             in_range("budgets", b, 1, MAX_NODE_BUDGET)
         # The sampling, policy and sizing configs the run will build: their checks, now.
         SamplingConfig(temperature=self.temperature, seed=self.seed)
+        check_device_spec(self.device)
+        check_dtype_spec(self.dtype)
         DraftPolicyConfig(mode=self.draft_policy)
         TreeSizingConfig(mode=self.tree_sizing)
         if self.index is not None:
@@ -95,7 +99,8 @@ class BenchConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the stored records."""
-        return {"suite": self.suite, "model": self.model, "dtype": self.dtype, "max_new_tokens": self.max_new_tokens,
+        return {"suite": self.suite, "model": self.model, "dtype": self.dtype, "device": self.device,
+                "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "seed": self.seed, "turns": self.turns, "draft_policy": self.draft_policy,
                 "tree_sizing": self.tree_sizing}
 
@@ -146,8 +151,8 @@ def plan_methods(config: BenchConfig) -> tuple[list[MethodRun], list[str]]:
         base, preset = VARIANTS.get(name, (name, {}))
         options = {**_flatten(config.method_options.get(base, {})), **preset,
                    **(_flatten(config.method_options.get(name, {})) if name != base else {})}
-        cls = get_method(base).config_cls if base != "specguard" else None
-        fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+        spec = get_method(base)
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
         key = next((k for k in INDEX_FIELDS if k in fields), None)
         if key is not None and options.get(key) is None and config.index is not None:
             options[key] = config.index
@@ -159,9 +164,7 @@ def plan_methods(config: BenchConfig) -> tuple[list[MethodRun], list[str]]:
                 continue
             notes.append(f"{name} runs on the live context only (no --index)")
         cfg = make_config(base, options)
-        lossless = get_method(base).lossless if base != "specguard" else False
-        if getattr(getattr(cfg, "gate", None), "enabled", False):
-            lossless = False
+        lossless = spec.is_lossless(cfg)
         if name == "ar" or not config.budgets:
             runs.append(MethodRun(name, base, cfg, None, False, lossless))
         else:
@@ -245,6 +248,7 @@ def make_record(run: MethodRun, question: Question, turn: int, result: Any, mode
                     drafted=s.drafted, accepted=s.accepted, position_drafted=list(s.position_drafted),
                     position_accepted=list(s.position_accepted), prefill_s=s.prefill_s, propose_s=s.propose_s,
                     verify_s=s.verify_s, accept_s=s.accept_s, draft_skipped=getattr(s, "draft_skipped", 0),
+                    step_overhead_s=[round(x, 6) for x in getattr(s, "step_overhead_s", [])],
                     token_ids=list(result.token_ids), text=result.text, finish_reason=result.finish_reason)
         sg = (getattr(result, "extra", None) or {}).get("specguard")
         if sg is not None:  # step-level detail without the per-step texts
@@ -284,6 +288,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     if bundle is None:  # every model the run names is checked before the first one loads
         from ..models import check_model_spec
 
+        resolve_device(config.device)  # `cuda` without CUDA: one line, before anything loads or is written
         drafts = [getattr(r.config, "draft_model", None) for r in runs]
         for spec in dict.fromkeys([config.model, *(d for d in drafts if d is not None)]):
             check_model_spec(spec)  # None = the embedded default
@@ -295,7 +300,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
         from ..models import load_model
 
         torch.manual_seed(config.seed)
-        bundle = load_model(config.model, config.dtype)
+        bundle = load_model(config.model, config.dtype, config.device)
     if hasattr(bundle, "identity"):
         store.bind("model_identity", bundle.identity())
     random.seed(config.seed)
@@ -350,22 +355,29 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
         raise Interrupted(f"interrupted after {done} of {total} runs{kept}") from None
     records = [rec for q in questions for r in runs for rec in (store.get(r.label, q.question_id) or [])]
     env = environment(config.seed)
+    if getattr(bundle, "model", None) is not None:  # what the run actually used
+        from .. import adapter
+
+        env.update(device=str(bundle.model.device), dtype=str(bundle.model.dtype).removeprefix("torch."),
+                   attention=adapter.attention_backend(bundle.model))
     return BenchResult(config, runs, records, summarize(records), notes, env, model_name)
 
 
 def _preload_drafts(bundle: Any, runs: list[MethodRun]) -> dict[str, Any]:
     """Load each separate draft model once (a `draft_model` in a method config), keyed by run label."""
+    from ..proposers.registry import get_method
+
     drafts: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
     for run in runs:
         name = getattr(run.config, "draft_model", None)
         if name and hasattr(bundle, "model"):
-            from ..models import load_model
+            from ..models import load_like
 
             if name not in loaded:
-                loaded[name] = load_model(name, str(bundle.model.dtype).removeprefix("torch."))
-                # specguard's steps cross as text, so only token-level drafts must share the vocabulary
-                if run.method != "specguard" and loaded[name].tokenizer.get_vocab() != bundle.tokenizer.get_vocab():
+                loaded[name] = load_like(name, bundle)
+                # a step-level method's steps may cross as text: only token-level drafts must share the vocabulary
+                if get_method(run.method).draft_vocab and loaded[name].tokenizer.get_vocab() != bundle.tokenizer.get_vocab():
                     raise SpecgenError(f"draft model {name}: its tokenizer differs from the target's")
             drafts[run.label] = loaded[name]
     return drafts

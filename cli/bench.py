@@ -71,7 +71,8 @@ def bench(
                                                                  "sense-gate (soft gate on), specguard-conf, specguard-ground."),
     limit: Optional[int] = typer.Option(1, "--limit", help="Questions per category (0 = all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="New tokens per turn."),
     peers: bool = typer.Option(False, "--peers", help="Also run HF transformers generate: plain, prompt lookup, early exit."),
     method_config: Optional[Path] = typer.Option(None, "--method-config", help="YAML/JSON: one section per method, keys = config fields."),
@@ -104,7 +105,7 @@ def bench(
     from specgen.bench.runner import BenchConfig, run_bench
 
     out_dir = str(out) if out is not None and not str(out).endswith(".json") else None
-    config = BenchConfig(suite=suite, methods=_csv(methods), limit=limit or None, model=model, dtype=dtype,
+    config = BenchConfig(suite=suite, methods=_csv(methods), limit=limit or None, model=model, dtype=dtype, device=device,
                          max_new_tokens=max_new_tokens, peers=peers, method_options=read_method_config(method_config),
                          index=index, out_dir=out_dir, warmup=warmup, seed=seed, temperature=temperature, turns=turns,
                          budgets=_budgets(budgets), draft_policy=draft_policy,
@@ -168,7 +169,7 @@ def self_corpus(
     from specgen.bench.selfcorpus import write_self_corpus
     from specgen.proposers.registry import get_method
 
-    if method == "specguard" or not get_method(method).lossless:
+    if not get_method(method).lossless:
         raise SpecgenError(f"self-corpus writes the target's own answers: use a lossless method, not '{method}'")
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]self-corpus"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

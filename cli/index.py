@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 
 from specgen.errors import SpecgenError
+from specgen.device import check_dtype_spec, resolve_device
 from specgen.validate import output_dir
 
 DEFAULT_INDEX_DIR = Path("index")
@@ -49,6 +50,8 @@ def build_index_command(
     append: bool = typer.Option(False, "--append", help="Add the corpus to the index at --output (same model and settings)."),
     batch_tokens: int = typer.Option(4096, "--batch-tokens", help="Tokens per forward pass."),
     window: int = typer.Option(1024, "--window", help="Longest sequence per forward; longer documents are windowed."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."),
 ) -> None:
     """Build a semantic index (SENSE keys + REST suffix array) of CORPUS for the target model."""
     from rich.console import Console
@@ -76,12 +79,14 @@ def build_index_command(
                                index_type=index_type, batch_tokens=batch_tokens, window=window,
                                overlap=min(256, window // 4), append=append)
         output_dir("output", output)
+        resolve_device(device)
+        check_dtype_spec(dtype)
         list_corpus_files(corpus)  # fail on a missing or empty corpus before loading the model
         from specgen.models import load_model
 
         hf_logging.disable_progress_bar()
         with err.status(f"loading model {model or 'default'}"):
-            bundle = load_model(model)
+            bundle = load_model(model, dtype=dtype, device=device)
         columns = (TextColumn("embedding"), BarColumn(), _Tokens(), _TokensPerSecond(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn())
         # The bar starts with the first embedded batch (after tokenizing) and is cleared at the end.

@@ -93,7 +93,8 @@ def generate(
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a file."),
     method: str = typer.Option("pld", "--method", "-m", help="ar, pld, rest, sd, sense or specguard."),
     model: Optional[str] = typer.Option(None, "--model", help="HF id, local HF folder or .gguf (default: embedded SmolLM2-135M-Instruct)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
@@ -108,6 +109,8 @@ def generate(
                                                                     "their forward on this machine (timed once); budget: "
                                                                     "every node up to --node-budget."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    compare: bool = typer.Option(False, "--compare", help="Then decode the same prompt with plain `ar` and report "
+                                                           "the measured speedup (and whether the tokens match)."),
     max_ngram: Optional[int] = typer.Option(None, "--max-ngram", help="pld: longest n-gram matched."),
     min_ngram: Optional[int] = typer.Option(None, "--min-ngram", help="pld: shortest n-gram matched."),
     num_draft: Optional[int] = typer.Option(None, "--num-draft", help="pld/sd: draft length."),
@@ -139,6 +142,7 @@ def generate(
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.decoding.sizing import TreeSizingConfig
     from specgen.generate import generate as run_generate
+    from specgen.device import check_dtype_spec, resolve_device
     from specgen.models import check_model_spec, load_model
     from specgen.proposers.registry import available_methods, make_config
 
@@ -160,10 +164,12 @@ def generate(
                    tau=tau, beta=beta, selector=selector, signals=signals, rule=rule, tau_confidence=tau_confidence,
                    tau_grounding=tau_grounding, max_step_tokens=max_step_tokens, recompute_method=recompute_method)
     method_config = make_config(method, options)
-    check_model_spec(model)  # the target and any draft, before anything loads
+    resolve_device(device)  # `cuda` without CUDA: one line, before anything loads
+    check_dtype_spec(dtype)
+    check_model_spec(model)  # the target and any draft
     if getattr(method_config, "draft_model", None) is not None:
         check_model_spec(method_config.draft_model)
-    bundle = load_model(model, dtype=dtype)
+    bundle = load_model(model, dtype=dtype, device=device)
     sink = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     try:
         result = run_generate(bundle, text, method=method, gen=gen, method_config=method_config, raw=raw, on_text=sink)
@@ -172,15 +178,29 @@ def generate(
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
+    baseline = None
+    if compare:
+        baseline = run_generate(bundle, text, method="ar", gen=gen, raw=raw)
     if as_json:
-        typer.echo(json.dumps(result.to_dict()))
+        d = result.to_dict()
+        if baseline is not None:
+            d["compare"] = comparison(result, baseline)
+        typer.echo(json.dumps(d))
         return
     sys.stdout.write("\n")
-    render_stats(result.stats)
+    render_stats(result.stats, None if baseline is None else comparison(result, baseline))
 
 
-def render_stats(stats: Any) -> None:
-    """The statistics table on stderr."""
+def comparison(result: Any, baseline: Any) -> dict[str, Any]:
+    """The method against plain decoding on the same prompt, in the same process."""
+    a, b = result.stats, baseline.stats
+    return {"ar_tokens_per_s": b.tokens_per_s, "tokens_per_s": a.tokens_per_s,
+            "speedup": a.tokens_per_s / b.tokens_per_s if b.tokens_per_s else 0.0,
+            "identical_to_ar": result.token_ids == baseline.token_ids}
+
+
+def render_stats(stats: Any, compare: dict[str, Any] | None = None) -> None:
+    """The statistics table on stderr (and the comparison with `ar`, when one was run)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -190,8 +210,15 @@ def render_stats(stats: Any) -> None:
             ("drafted / accepted", f"{stats.drafted} / {stats.accepted}"),
             ("draft acceptance rate", f"{stats.draft_acceptance_rate:.1%}"),
             ("steps without drafting (policy)", f"{getattr(stats, 'draft_skipped', 0)}"),
-            ("wall time", f"{stats.wall_s:.2f} s (prefill {stats.prefill_s:.2f} s)"),
+            ("wall time", f"{stats.wall_s:.2f} s (prefill {stats.prefill_s:.2f} s"
+                          + (f", cost profile {stats.profile_s:.2f} s" if getattr(stats, "profile_s", 0) else "") + ")"),
+            ("device", f"{getattr(stats, 'device', '') or '-'} {getattr(stats, 'dtype', '')} "
+                       f"(attention: {getattr(stats, 'attention', '') or '-'})"),
             ("tokens/s", f"{stats.tokens_per_s:.1f}")]
+    if compare is not None:
+        rows.append(("ar on the same prompt", f"{compare['ar_tokens_per_s']:.1f} tokens/s, same tokens: "
+                                              f"{'yes' if compare['identical_to_ar'] else 'no'}"))
+        rows.append(("speedup vs ar", f"{compare['speedup']:.2f}x"))
     for k, v in rows:
         table.add_row(k, v)
     Console(stderr=True).print(table)

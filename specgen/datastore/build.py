@@ -31,6 +31,7 @@ import torch
 
 from ..errors import SpecgenError
 from ..validate import check_fields, in_range
+from .projection import fit_pca, project
 from . import ann
 from .corpus import CorpusStats, iter_documents
 from .manifest import (MANIFEST, Manifest, build_lock, check_identity, cleanup_stale, now_iso, publish,
@@ -38,7 +39,6 @@ from .manifest import (MANIFEST, Manifest, build_lock, check_identity, cleanup_s
 from .suffix import build_suffix_array, separated_text
 
 Progress = Callable[[int, int], None]  # (tokens embedded so far, tokens to embed)
-_PCA_SAMPLE = 100_000
 _CHUNK_ROWS = 65_536
 # Windows at least this long run one per forward: on CPU a padded batch takes sdpa's masked path,
 # 2-4x slower per token at T = 1024 than one unpadded sequence (SmolLM2-135M, 2 threads, measured).
@@ -191,13 +191,14 @@ def _embed(model: Any, tokens: np.ndarray, offsets: np.ndarray, first_doc: int, 
         progress(0, total)
     for batch in _batches(_windows(offsets, first_doc, cfg.window, cfg.overlap), cfg.batch_tokens):
         t_max = max(w[1] for w in batch)
-        ids = torch.zeros(len(batch), t_max, dtype=torch.long)  # [B, T] right-padded
-        mask = torch.zeros(len(batch), t_max, dtype=torch.long)  # [B, T]
+        ids = torch.zeros(len(batch), t_max, dtype=torch.long, device="cpu")  # [B, T] right-padded, moved below
+        mask = torch.zeros(len(batch), t_max, dtype=torch.long, device="cpu")  # [B, T]
         for b, (start, length, _) in enumerate(batch):
             ids[b, :length] = torch.from_numpy(np.asarray(tokens[start: start + length], dtype=np.int64))
             mask[b, :length] = 1
         # No mask when nothing is padded: the causal fast path (a padded mask costs 2x at T=1024 on CPU).
-        hs = hidden_states(model, ids, None if bool(mask.all()) else mask, cfg.layer).float()  # [B, T, H]
+        dev = model.device
+        hs = hidden_states(model, ids.to(dev), None if bool(mask.all()) else mask.to(dev), cfg.layer).float().cpu()  # [B, T, H]
         for b, (start, length, key_from) in enumerate(batch):
             sink(start + key_from, hs[b, key_from:length].numpy())
             done += length - key_from
@@ -219,36 +220,6 @@ def _standard_attention(model: Any) -> Iterator[None]:
     finally:
         if switch:
             model.set_attn_implementation(impl)
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    """Rows of x [n, d] scaled to unit L2 norm (zero rows stay zero)."""
-    norm = np.linalg.norm(x, axis=1, keepdims=True)  # [n, 1]
-    return x / np.maximum(norm, 1e-12)
-
-
-def fit_pca(raw: np.ndarray, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """z-score + PCA to `dim` fitted on a sample of `raw` [N, H]: mean [H], scale [H], components [H, dim]."""
-    n, h = raw.shape
-    if dim > h:
-        raise SpecgenError(f"pca dimension {dim} exceeds the hidden size {h}")
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, _PCA_SAMPLE), replace=False))
-    x = np.asarray(raw[rows], dtype=np.float64)  # [s, H]
-    mean = x.mean(axis=0)  # [H]
-    scale = 1.0 / np.maximum(x.std(axis=0), 1e-6)  # [H]
-    z = (x - mean) * scale  # [s, H]
-    cov = z.T @ z / max(1, z.shape[0] - 1)  # [H, H]
-    _, vecs = np.linalg.eigh(cov)  # ascending eigenvalues
-    components = vecs[:, ::-1][:, :dim]  # [H, dim]
-    return {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32),
-            "components": np.ascontiguousarray(components, dtype=np.float32)}
-
-
-def project(x: np.ndarray, projection: dict[str, np.ndarray] | None) -> np.ndarray:
-    """Keys or queries x [n, H] fp32 -> [n, d] normalised (the projection first, when there is one)."""
-    if projection is not None:
-        x = ((x - projection["mean"]) * projection["scale"]) @ projection["components"]  # [n, d]
-    return _l2(np.asarray(x, dtype=np.float32)).astype(np.float32)
 
 
 def continuation_values(tokens: np.ndarray, offsets: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import SpecgenError
 from . import ann
-from .build import project
+from .projection import project
 from .manifest import MANIFEST, Manifest, check_identity, read_manifest
 from .suffix import SuffixArray
 

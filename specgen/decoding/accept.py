@@ -8,13 +8,15 @@
   same acceptance as SpecInfer's multi-candidate recursive rejection (Miao et al., 2024), and the
   output is distributed exactly as p. Because the draw at a position does not depend on what was
   drafted, a seed gives the same text whatever the tree size, and the same text as `ar`.
-- Soft gate (SENSE, our reading, DESIGN.md section 2): in greedy mode a child d != argmax a may
-  also be accepted when p(d) >= alpha * p(a) and cos(E[d], E[a]) >= tau_e.
+- Soft gate (SENSE, our reading, DESIGN.md section 2): a child d != the target's token a (argmax
+  or sample) may also be accepted when p(d) >= alpha * p(a) and cos(E[d], E[a]) >= tau_e.
+Acceptance rules (`ExactMatch`, `SoftGate`) are what the step engine calls.
 Where no child is accepted the target's own token (the bonus token) is emitted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -49,18 +51,17 @@ def target_probs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor
     return torch.softmax(logits, dim=-1)
 
 
-def accept_greedy(tree: Tree, logits: torch.Tensor, gate: SoftGateConfig | None = None,
-                  embeddings: torch.Tensor | None = None) -> Acceptance:
-    """Greedy walk; logits [n, V] per node; embeddings [V, H] needed only when the gate is on."""
-    argmax = logits.argmax(dim=-1).tolist()  # [n]
-    tokens = tree.tokens.tolist()
-    gate_on = gate is not None and gate.enabled
+def walk(tree: Tree, choose: Callable[[int], int],
+         gate: Callable[[int, int], int | None] | None = None) -> Acceptance:
+    """From the root, follow the child holding the target's token `choose(node)`; where none does,
+    `gate(node, target_token)` may still pick a child (the soft gate). Ends with the bonus token."""
+    tokens = tree.token_list
     node, path, gated = 0, [0], 0
     while True:
-        a = argmax[node]
+        a = choose(node)
         nxt = next((c for c in tree.children[node] if tokens[c] == a), None)
-        if nxt is None and gate_on and tree.children[node]:
-            nxt = _gate_pick(tree, node, logits[node], a, gate, embeddings)
+        if nxt is None and gate is not None and tree.children[node]:
+            nxt = gate(node, a)
             gated += nxt is not None
         if nxt is None:
             return Acceptance(tuple(path), a, gated)
@@ -68,10 +69,42 @@ def accept_greedy(tree: Tree, logits: torch.Tensor, gate: SoftGateConfig | None 
         node = nxt
 
 
-def _gate_pick(tree: Tree, node: int, logits: torch.Tensor, a: int, gate: SoftGateConfig,
-               embeddings: torch.Tensor | None) -> int | None:
-    """The best child passing the soft gate at `node`, or None. logits [V]."""
+class ExactMatch:
+    """The lossless rule: a draft token is kept only when it is the target's own choice."""
+
+    def accept(self, tree: Tree, ver: Any) -> Acceptance:
+        return walk(tree, ver.choose)
+
+
+class SoftGate:
+    """SENSE's soft-gated evaluation (our reading, DESIGN.md section 2), greedy or sampled.
+
+    Where the target's token at a node is `a` (its argmax, or its sample at that position) and no
+    child holds it, the best child d passing `p(d) >= alpha * p(a)` and `cos(E[d], E[a]) >= tau_e`
+    is accepted, E being the target's input embeddings [V, H]. Lossy by design.
+    """
+
+    def __init__(self, cfg: SoftGateConfig, embeddings: torch.Tensor) -> None:
+        self.cfg, self.embeddings = cfg, embeddings  # [V, H]
+
+    def accept(self, tree: Tree, ver: Any) -> Acceptance:
+        assert ver.logits is not None, "the soft gate needs the target's logits"
+        return walk(tree, ver.choose, lambda node, a: _gate_pick(tree, node, ver.logits[node], a, self.cfg, self.embeddings))
+
+
+def accept_greedy(tree: Tree, logits: torch.Tensor, gate: SoftGateConfig | None = None,
+                  embeddings: torch.Tensor | None = None) -> Acceptance:
+    """Greedy walk; logits [n, V] per node; embeddings [V, H] needed only when the gate is on."""
+    argmax = logits.argmax(dim=-1).tolist()  # [n]
+    if gate is None or not gate.enabled:
+        return walk(tree, argmax.__getitem__)
     assert embeddings is not None, "the soft gate needs the target's input embeddings"
+    return walk(tree, argmax.__getitem__, lambda node, a: _gate_pick(tree, node, logits[node], a, gate, embeddings))
+
+
+def _gate_pick(tree: Tree, node: int, logits: torch.Tensor, a: int, gate: SoftGateConfig,
+               embeddings: torch.Tensor) -> int | None:
+    """The best child passing the soft gate at `node`, or None. logits [V]."""
     kids = list(tree.children[node])
     cand = tree.tokens[kids]  # [m]
     probs = torch.softmax(logits.float(), dim=-1)  # [V]
@@ -121,6 +154,16 @@ class PositionSampler:
         return int(torch.argmax(probs.double() / e))
 
 
+def sampled_chooser(probs: torch.Tensor, tree: Tree, sampler: PositionSampler, n_kv: int) -> Callable[[int], int]:
+    """node -> the target's sample at the position after it (n_kv + depth + 1); probs [n, V]."""
+    depth = tree.depth_list
+
+    def choose(node: int) -> int:
+        return sampler.sample(probs[node], n_kv + depth[node] + 1)
+
+    return choose
+
+
 def accept_sampling(tree: Tree, logits: torch.Tensor, sampling: SamplingConfig,
                     sampler: PositionSampler, n_kv: int) -> Acceptance:
     """Lossless speculative sampling over the tree; logits [n, V]; the root sits at position `n_kv`.
@@ -128,14 +171,4 @@ def accept_sampling(tree: Tree, logits: torch.Tensor, sampling: SamplingConfig,
     At each node on the walk the target's token is drawn by `sampler` at the position it fills
     (n_kv + depth + 1); the child holding that token is followed, else the token is the bonus.
     """
-    probs = target_probs(logits, sampling)  # [n, V]
-    tokens = tree.tokens.tolist()
-    depth = tree.depth.tolist()
-    node, path = 0, [0]
-    while True:
-        t = sampler.sample(probs[node], n_kv + depth[node] + 1)
-        nxt = next((c for c in tree.children[node] if tokens[c] == t), None)
-        if nxt is None:
-            return Acceptance(tuple(path), t)
-        path.append(nxt)
-        node = nxt
+    return walk(tree, sampled_chooser(target_probs(logits, sampling), tree, sampler, n_kv))

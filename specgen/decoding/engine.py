@@ -143,6 +143,9 @@ def run(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: Accept
     """Step until the state's stopper ends generation (EOS, length, a stop string, a step delimiter)."""
     while not state.done:
         rec = step(state, proposer, verifier, rule)
+        t0 = time.perf_counter()
         if on_tokens is not None:
             on_tokens(list(rec.new_tokens))
+        # Time outside the target forward: what decides the speedup once a forward takes milliseconds.
+        state.stats.step_overhead_s.append(rec.t_propose + rec.t_accept + time.perf_counter() - t0)
     return state

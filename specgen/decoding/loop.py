@@ -1,6 +1,7 @@
-"""The decode loop: prefill, then propose -> build tree -> verify -> accept -> commit, until done.
+"""`decode`: one prompt on the target model, the step engine's main driver.
 
-One loop serves every token-level method; methods differ only in their proposer and acceptance
+Prefill (written once, `verify.prefill`), the first token from the prefill's logits, then engine
+steps until the stopper ends generation. Methods differ only in their proposer and acceptance
 rule (DESIGN.md section 1). Each step emits at least one token (the bonus token).
 """
 from __future__ import annotations
@@ -8,22 +9,24 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .. import adapter
-from ..config import GenerationConfig, SoftGateConfig
+from ..config import GenerationConfig
 from ..errors import Interrupted
-from ..proposers.base import Candidates, Proposer, ProposeContext
-from .accept import PositionSampler, accept_greedy, accept_sampling, target_probs
+from ..proposers.base import Proposer
+from .accept import ExactMatch, PositionSampler
+from .engine import AcceptRule, DecodeState, HiddenBuffer, TokenCallback, run
 from .policy import DraftPolicy
-from .sizing import CostProfile, TreeSizer, measure_cost_profile
-from .stats import GenerationStats, StepRecord
-from .tree import build_tree
-from .verify import verify_tree
+from .profiles import cost_profile
+from .sizing import CostProfile, TreeSizer
+from .stats import GenerationStats
+from .stopping import Stopper
+from .verify import ModelVerifier, prefill
 
-TokenCallback = Callable[[list[int]], None]
+__all__ = ["DecodeResult", "Prefilled", "Stopper", "decode"]
 
 
 @dataclass
@@ -35,51 +38,12 @@ class DecodeResult:
     finish_reason: str  # "eos" | "length" | "stop"
 
 
-class Stopper:
-    """Decides, token by token, where generation ends: EOS (kept), max_new_tokens or the end of the
-    model's context (`limit`), a stop string."""
-
-    def __init__(self, tokenizer: Any, eos_ids: set[int], gen: GenerationConfig, limit: int | None = None) -> None:
-        self.tokenizer, self.eos_ids, self.gen = tokenizer, eos_ids if gen.stop_at_eos else set(), gen
-        self.limit = gen.max_new_tokens if limit is None else min(limit, gen.max_new_tokens)
-        self.generated: list[int] = []
-        self.reason: str | None = None
-
-    @property
-    def remaining(self) -> int:
-        return self.limit - len(self.generated)
-
-    def feed(self, tokens: list[int]) -> list[int]:
-        """Append `tokens` up to where generation ends; return the ones kept."""
-        kept = []
-        for t in tokens:
-            self.generated.append(t)
-            kept.append(t)
-            if t in self.eos_ids:
-                self.reason = "eos"
-            elif self.gen.stop and any(s in self.tokenizer.decode(self.generated[-64:], skip_special_tokens=True)
-                                       for s in self.gen.stop):
-                self.reason = "stop"
-            elif len(self.generated) >= self.limit:
-                self.reason = "length"
-            if self.reason:
-                break
-        return kept
-
-
-def _pick(logits: torch.Tensor, gen: GenerationConfig, sampler: PositionSampler, pos: int) -> int:
-    """The target's token at sequence position `pos` from one row of logits [V]: argmax or a sample."""
-    if gen.sampling.greedy:
-        return int(logits.argmax())
-    return sampler.sample(target_probs(logits.view(1, -1), gen.sampling)[0], pos)
-
-
 @dataclass
 class Prefilled:
     """A KV cache that already holds every prompt position, and the logits [V] of the last one.
 
-    Lets a caller that owns a cache (SpecGuard regenerating a rejected step) continue decoding
-    without prefilling the prompt again. The loop extends the cache in place.
+    Lets a caller that owns a cache (SpecGuard regenerating a rejected step) run the engine on it
+    without prefilling the prompt again. The engine extends the cache in place.
     """
 
     cache: Any
@@ -88,94 +52,60 @@ class Prefilled:
 
 @torch.inference_mode()
 def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *,
-           method: str, gate: SoftGateConfig | None = None, on_tokens: TokenCallback | None = None,
+           method: str, rule: AcceptRule | None = None, on_tokens: TokenCallback | None = None,
            prefilled: Prefilled | None = None) -> DecodeResult:
-    """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`.
+    """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`
+    and accepting with `rule` (default: exact match, lossless).
 
     With `prefilled` (used only when the proposer needs no hidden states, which a reused cache
     cannot supply) the prompt's prefill is skipped and its cache extended.
     """
     model = target.model
     adapter.use_tree_attention(model)
-    stats = GenerationStats(method=method, prompt_tokens=len(prompt_ids))
-    context = adapter.check_prompt_fits(model, len(prompt_ids))
+    n = len(prompt_ids)
+    context = adapter.check_prompt_fits(model, n)
+    stats = GenerationStats(method=method, prompt_tokens=n, device=str(model.device),
+                            dtype=str(model.dtype).removeprefix("torch."), attention=adapter.attention_backend(model))
     # Generation stops at the end of the context (finish reason "length") whatever max_new_tokens says.
-    stopper = Stopper(target.tokenizer, target.eos_ids, gen, None if context is None else context - len(prompt_ids))
+    stopper = Stopper(target.tokenizer, target.eos_ids, gen, None if context is None else context - n)
     # No seed: a fresh one, recorded in the statistics so the run can be repeated.
     seed = gen.sampling.seed if gen.sampling.seed is not None else secrets.randbits(63)
     stats.seed = None if gen.sampling.greedy else seed
-    sampler = PositionSampler(seed, model.device)
     layer = proposer.hidden_layer
-    embeddings = model.get_input_embeddings().weight if gate is not None and gate.enabled else None  # [V, H]
-    policy = DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated)
+    verifier = ModelVerifier(model, gen.sampling, PositionSampler(seed, model.device), layer)
     try:
         t0 = time.perf_counter()
-
-        n = len(prompt_ids)
+        hidden = None
         if prefilled is not None and layer is None:
-            cache = prefilled.cache
+            cache, first_logits = prefilled.cache, prefilled.last_logits  # [V]
             assert adapter.cache_length(cache) == n, "prefilled cache must hold exactly the prompt"
-            first_logits, context_hidden, last_hidden = prefilled.last_logits, None, None  # [V]
             stats.reused_cache = True
         else:
-            # Prefill: the whole prompt, causal; only the last position's logits are needed.
-            cache = adapter.new_cache(model)
-            out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long), torch.arange(n), cache,
-                                       adapter.causal_mask(n, "cpu"), hidden_layer=layer,
-                                       logits_for=torch.tensor([n - 1]))
-            context_hidden = out.hidden if proposer.wants_context_hidden else None  # [L, H]
-            last_hidden = out.hidden[-1] if out.hidden is not None else None  # [H]
-            first_logits = out.logits[-1]  # [V]
-        sizing = gen.tree_sizing
-        profile: CostProfile | None = None
-        if sizing.mode == "cost" and proposer.name != "ar":
-            profile = measure_cost_profile(model, cache, n, sizing)  # timed once per model, device and threads
-            stats.cost_profile = profile.to_dict()
-        sizer = TreeSizer(profile, sizing)
-        tokens = list(prompt_ids)
-        proposer.reset(list(prompt_ids))
-        first = stopper.feed([_pick(first_logits, gen, sampler, n)])
-        tokens += first
+            cache, first_logits, hidden = prefill(model, prompt_ids, layer)  # hidden [n, H] | None
         stats.prefill_s = time.perf_counter() - t0
+        profile: CostProfile | None = None
+        if gen.tree_sizing.mode == "cost" and proposer.name != "ar":
+            t1 = time.perf_counter()
+            profile, measured = cost_profile(model, cache, n, gen.tree_sizing)  # timed once, then cached on disk
+            stats.profile_s = time.perf_counter() - t1 if measured else 0.0
+            stats.cost_profile = profile.to_dict()
+        state = DecodeState(tokens=list(prompt_ids), prompt_len=n, stopper=stopper, stats=stats,
+                            policy=DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated),
+                            sizer=TreeSizer(profile, gen.tree_sizing), node_budget=gen.node_budget, cache=cache,
+                            hidden=HiddenBuffer(hidden, n + gen.max_new_tokens) if hidden is not None and
+                            proposer.wants_context_hidden else None,
+                            last_hidden=hidden[-1] if hidden is not None else None)
+        proposer.reset(list(prompt_ids))
+        first = stopper.feed([verifier.pick(first_logits, n)])
+        state.tokens += first
+        stats.first_token_s = time.perf_counter() - t0
         if on_tokens:
             on_tokens(first)
-
-        while stopper.reason is None:
-            n_kv = len(tokens) - 1
-            ta = time.perf_counter()
-            budget = min(gen.node_budget, stopper.remaining)
-            cands = proposer.propose(ProposeContext(tokens=tokens, prompt_len=len(prompt_ids), budget=budget,
-                                                    hidden=last_hidden, context_hidden=context_hidden)) \
-                if budget > 0 and policy.should_draft() else Candidates()
-            tree = build_tree(tokens[-1], cands, budget, sizer.size_fn)
-            tb = time.perf_counter()
-            ver = verify_tree(model, cache, tree, n_kv, hidden_layer=layer)
-            tc = time.perf_counter()
-            if gen.sampling.greedy:
-                acc = accept_greedy(tree, ver.logits, gate, embeddings)
-            else:
-                acc = accept_sampling(tree, ver.logits, gen.sampling, sampler, n_kv)
-            adapter.commit_cache(cache, n_kv, acc.path)
-            sizer.observe(tree, acc.path)
-            path = list(acc.path)
-            if ver.hidden is not None:
-                last_hidden = ver.hidden[path[-1]]
-                if context_hidden is not None:
-                    context_hidden = torch.cat([context_hidden, ver.hidden[path]], dim=0)  # [L', H]
-            new = stopper.feed([int(tree.tokens[i]) for i in path[1:]] + [acc.bonus])
-            tokens += new
-            proposer.commit(tokens, len(tokens) - 1)
-            depth = int(tree.depth.max()) if tree.size > 1 else 0
-            policy.update(tree.size - 1, len(path) - 1)
-            stats.add_step(StepRecord(drafted=tree.size - 1, draft_depth=depth, accepted=len(path) - 1,
-                                      emitted=len(new), gated=acc.gated, t_propose=tb - ta, t_verify=tc - tb,
-                                      t_accept=time.perf_counter() - tc))
-            if on_tokens:
-                on_tokens(new)
-
-        stats.wall_s = time.perf_counter() - t0
-        stats.new_tokens = len(stopper.generated)
-        stats.draft_skipped = policy.skipped
-        return DecodeResult(stopper.generated, stats, stopper.reason or "length")
+        run(state, proposer, verifier, rule or ExactMatch(), on_tokens=on_tokens)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {len(stopper.generated)} tokens") from None
+    # The cost profile is a once-per-machine calibration (then read from disk): not part of decoding.
+    stats.wall_s = time.perf_counter() - t0 - stats.profile_s
+    stats.new_tokens = len(stopper.generated)
+    stats.draft_skipped = state.policy.skipped
+    return DecodeResult(stopper.generated, stats, stopper.reason or "length")

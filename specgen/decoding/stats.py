@@ -22,6 +22,7 @@ class StepRecord:
     t_propose: float = 0.0
     t_verify: float = 0.0
     t_accept: float = 0.0  # accept + commit + bookkeeping
+    new_tokens: tuple[int, ...] = ()  # the tokens this step emitted
 
 
 @dataclass
@@ -35,16 +36,23 @@ class GenerationStats:
     drafted: int = 0
     accepted: int = 0
     gated: int = 0
-    wall_s: float = 0.0
-    prefill_s: float = 0.0
+    wall_s: float = 0.0  # the call's time, less profile_s
+    prefill_s: float = 0.0  # the prompt's forward
+    profile_s: float = 0.0  # timing the verification cost profile (0 when it came from the disk cache)
+    first_token_s: float = 0.0  # from the call to the first token (prefill, profile, first pick)
     propose_s: float = 0.0
     verify_s: float = 0.0
     accept_s: float = 0.0
     reused_cache: bool = False  # the prompt came prefilled (decoding.loop.Prefilled): no prefill forward
     draft_skipped: int = 0  # steps where the draft policy skipped proposing (decoding/policy.py)
     seed: int | None = None  # the sampling seed used (None when greedy)
+    device: str = ""  # where the target ran, e.g. "cpu", "cuda:0"
+    dtype: str = ""  # the target's weights, e.g. "float32"
+    attention: str = ""  # the tree-attention backend used: "triton" or "torch"
     cost_profile: dict | None = None  # relative verification cost per forward size (decoding/sizing.py)
     accept_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
+    # per step, seconds outside the target forward: propose, tree, accept, commit, streaming
+    step_overhead_s: list[float] = field(default_factory=list)
     position_drafted: list[int] = field(default_factory=list)  # steps drafting depth >= i + 1
     position_accepted: list[int] = field(default_factory=list)  # steps accepting depth >= i + 1
 

@@ -24,26 +24,37 @@ class Tree:
     mask: torch.Tensor  # [n, n] bool, mask[i, j] = j is i or an ancestor of i
     children: tuple[tuple[int, ...], ...]  # per node, child indices best-score first
     scores: tuple[float, ...] = ()  # [n] per node, the summed score of the candidates through it (root: inf)
+    # Host copies of tokens and depth: the accept walk reads them without a device round trip.
+    token_list: tuple[int, ...] = ()
+    depth_list: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
-        return int(self.tokens.shape[0])
+        return len(self.token_list)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depth_list) if self.depth_list else 0
 
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root down to `node`, both included."""
         path = []
+        parents = self.parents.tolist()
         while node >= 0:
             path.append(node)
-            node = int(self.parents[node])
+            node = parents[node]
         return path[::-1]
 
 
 def build_tree(root_token: int, cands: Candidates, budget: int,
-               size: Callable[[list[float], list[int]], int] | None = None) -> Tree:
+               size: Callable[[list[float], list[int]], int] | None = None,
+               device: torch.device | str = "cpu") -> Tree:
     """Trie of `cands` under `root_token`, keeping the `budget` best-scored draft nodes.
 
     `size`, given the kept nodes' scores (best first) and depths, may keep fewer: the first
     `size(scores, depths)` of them (decoding/sizing.py picks the count that pays for its verification).
+    The tensors are built on the host and moved to `device` once, the mask included, so the
+    verification forward reads them where the model runs.
 
     A node's score is the summed score of the candidates through it, so a parent never scores
     below its child and the kept set is closed under ancestors (ties keep the shallower node).
@@ -71,17 +82,21 @@ def build_tree(root_token: int, cands: Candidates, budget: int,
     keep = [0] + sorted(ranked, key=lambda i: (dep[i], -score[i], i))
     new_index = {old: new for new, old in enumerate(keep)}
     n = len(keep)
-    tokens = torch.tensor([tok[i] for i in keep], dtype=torch.long)
-    parents = torch.tensor([new_index[par[i]] if i else -1 for i in keep], dtype=torch.long)
-    depth = torch.tensor([dep[i] for i in keep], dtype=torch.long)
-    mask = torch.zeros(n, n, dtype=torch.bool)
+    token_list = [tok[i] for i in keep]
+    parent_list = [new_index[par[i]] if i else -1 for i in keep]
+    depth_list = [dep[i] for i in keep]
+    mask = torch.zeros(n, n, dtype=torch.bool, device="cpu")  # [n, n] built on the host, moved once
     kids: list[list[int]] = [[] for _ in range(n)]
     for i in range(n):
         mask[i, i] = True
-        p = int(parents[i])
+        p = parent_list[i]
         if p >= 0:
             mask[i] |= mask[p]  # parents precede children, so mask[p] is complete
             kids[p].append(i)
     for k in kids:
         k.sort(key=lambda i: -score[keep[i]])
-    return Tree(tokens, parents, depth, mask, tuple(tuple(k) for k in kids), tuple(score[i] for i in keep))
+    dev = torch.device(device)
+    as_long = dict(dtype=torch.long, device=dev)
+    return Tree(torch.tensor(token_list, **as_long), torch.tensor(parent_list, **as_long),  # type: ignore[arg-type]
+                torch.tensor(depth_list, **as_long), mask.to(dev), tuple(tuple(k) for k in kids),  # type: ignore[arg-type]
+                tuple(score[i] for i in keep), tuple(token_list), tuple(depth_list))

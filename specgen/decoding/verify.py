@@ -1,17 +1,68 @@
-"""Verify: one target forward over every tree node, tree-masked, at explicit positions.
+"""Verify: the target model's side of the step engine (prefill, one tree-masked forward, KV commit).
 
-Node i sits at position n_kv + depth[i]: siblings share a position, as they are alternatives.
+Node i of a tree sits at position n_kv + depth[i]: siblings share a position, as they are
+alternatives. Every tensor is created on the model's device; the one host round trip of a step
+is reading the target's tokens for the accept walk.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
 
 from .. import adapter
+from ..config import SamplingConfig
+from .accept import PositionSampler, sampled_chooser, target_probs
 from .tree import Tree
+
+if TYPE_CHECKING:
+    from .engine import DecodeState, Verification
 
 
 def verify_tree(model: Any, cache: Any, tree: Tree, n_kv: int, *, hidden_layer: int | None = None) -> adapter.ForwardOutput:
     """Logits [n, V] (and hidden [n, H] at `hidden_layer`) for every node of `tree` on top of `cache`."""
     assert adapter.cache_length(cache) == n_kv, "cache must hold exactly the committed prefix"
-    positions = tree.depth + n_kv  # [n]
+    positions = tree.depth + n_kv  # [n] on the tree's device
     return adapter.tree_forward(model, tree.tokens, positions, cache, tree.mask, hidden_layer=hidden_layer)
+
+
+def prefill(model: Any, prompt_ids: list[int], hidden_layer: int | None = None) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+    """A new cache holding the prompt, the logits [V] that predict the first new token, and the
+    prompt's hidden states [n, H] at `hidden_layer` (None when not asked)."""
+    device = model.device
+    n = len(prompt_ids)
+    cache = adapter.new_cache(model)
+    out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long, device=device),
+                               torch.arange(n, device=device), cache, adapter.causal_mask(n, device),
+                               hidden_layer=hidden_layer, logits_for=torch.tensor([n - 1], device=device))
+    return cache, out.logits[-1], out.hidden  # [V], [n, H] | None
+
+
+class ModelVerifier:
+    """Runs the target over each tree on the state's cache; the target's token at a node is its
+    argmax (greedy) or its sample at that position (`PositionSampler`, keyed by seed and position)."""
+
+    def __init__(self, model: Any, sampling: SamplingConfig, sampler: PositionSampler,
+                 hidden_layer: int | None = None) -> None:
+        self.model, self.sampling, self.sampler, self.hidden_layer = model, sampling, sampler, hidden_layer
+        self.device = model.device
+
+    def pick(self, logits: torch.Tensor, pos: int) -> int:
+        """The target's token at sequence position `pos` from one row of logits [V]."""
+        if self.sampling.greedy:
+            return int(logits.argmax())
+        return self.sampler.sample(target_probs(logits.view(1, -1), self.sampling)[0], pos)
+
+    def verify(self, state: "DecodeState", tree: Tree) -> "Verification":
+        from .engine import Verification
+
+        out = verify_tree(self.model, state.cache, tree, state.n_kv, hidden_layer=self.hidden_layer)
+        choose: Callable[[int], int]
+        if self.sampling.greedy:
+            choose = out.logits.argmax(dim=-1).tolist().__getitem__  # one host read of n ints
+        else:
+            choose = sampled_chooser(target_probs(out.logits, self.sampling), tree, self.sampler, state.n_kv)
+        return Verification(choose=choose, logits=out.logits, hidden=out.hidden)
+
+    def commit(self, state: "DecodeState", path: tuple[int, ...]) -> None:
+        adapter.commit_cache(state.cache, state.n_kv, path)

@@ -81,9 +81,9 @@ def load_draft(target: Any, cfg: DraftModelConfig) -> Any:
     if cfg.draft_model is None:
         layers = cfg.draft_layers or max(1, round(target.model.config.num_hidden_layers * DEFAULT_DRAFT_LAYERS_FRACTION))
         return adapter.early_exit_view(target.model, layers)
-    from ..models import load_model
+    from ..models import load_like
 
-    bundle = load_model(cfg.draft_model, dtype=str(target.model.dtype).removeprefix("torch."))
+    bundle = load_like(cfg.draft_model, target)
     if bundle.tokenizer.get_vocab() != target.tokenizer.get_vocab():
         raise SpecgenError("the draft model's tokenizer differs from the target's (sd needs the same vocabulary)")
     return bundle.model

@@ -145,7 +145,16 @@ class SenseProposer(Proposer):
         return Candidates([list(seq) for seq, _ in ranked], [score for _, score in ranked])
 
 
-@register_method("sense", SenseConfig, lossless=True,
+def sense_rule(target: Any, cfg: SenseConfig) -> Any:
+    """Exact match with the gate off (lossless); SENSE's soft gate on the target's input embeddings when on."""
+    from ..decoding.accept import ExactMatch, SoftGate
+
+    if not cfg.gate.enabled:
+        return ExactMatch()
+    return SoftGate(cfg.gate, target.model.get_input_embeddings().weight)  # [V, H]
+
+
+@register_method("sense", SenseConfig, lossless=True, rule=sense_rule,
                  summary="SENSE: hidden-state kNN in datastore and live context (lossless unless --gate on)")
 def make_sense(target: Any, cfg: SenseConfig, draft: Any = None) -> Proposer:
     index = None

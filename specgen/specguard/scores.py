@@ -62,25 +62,26 @@ def score_candidates(model: Any, cache: Any, candidates: list[list[int]], last_l
     lengths = [len(c) for c in candidates]
     assert all(lengths), "every candidate needs at least one token"
     n = sum(lengths)
-    tokens = torch.tensor([t for c in candidates for t in c], dtype=torch.long)  # [n]
-    positions = torch.cat([torch.arange(m) for m in lengths]) + n_kv  # [n]
-    mask = torch.zeros(n, n, dtype=torch.bool)  # [n, n] block-diagonal causal
+    dev = model.device
+    tokens = torch.tensor([t for c in candidates for t in c], dtype=torch.long, device=dev)  # [n]
+    positions = torch.cat([torch.arange(m, device=dev) for m in lengths]) + n_kv  # [n]
+    mask = torch.zeros(n, n, dtype=torch.bool, device=dev)  # [n, n] block-diagonal causal
     start = 0
     for m in lengths:
-        mask[start:start + m, start:start + m] = torch.ones(m, m, dtype=torch.bool).tril_()
+        mask[start:start + m, start:start + m] = adapter.causal_mask(m, dev)
         start += m
     out = adapter.tree_forward(model, tokens, positions, cache, mask, grounding_end=n_kv, grounding_start=1,
                                grounding_layers=last_layers(model, cfg.grounding_layers))
     if out.grounding:
         per_token = torch.stack(list(out.grounding.values())).float().mean(dim=(0, 1))  # [n]
     else:  # n_kv <= 1: no context beyond the sink
-        per_token = torch.zeros(n)
+        per_token = torch.zeros(n, device=dev)
     logprobs_all = torch.log_softmax(out.logits.float(), dim=-1)  # [n, V]
     first = torch.log_softmax(last_logits.float(), dim=-1)  # [V]
     scores: list[StepScore] = []
     start = 0
     for cand, m in zip(candidates, lengths):
-        ids = torch.tensor(cand, dtype=torch.long)  # [m]
+        ids = torch.tensor(cand, dtype=torch.long, device=dev)  # [m]
         # Token i's log-prob comes from the logits at the position before it.
         prev = torch.cat([first.unsqueeze(0), logprobs_all[start:start + m - 1]])  # [m, V]
         lp = prev.gather(1, ids.view(-1, 1)).squeeze(1)  # [m]

@@ -40,7 +40,7 @@ def _medoid(sim: torch.Tensor) -> int:
 def overlap_medoid(texts: list[str]) -> int:
     """The candidate most similar, by token overlap, to the other candidates."""
     k = len(texts)
-    sim = torch.tensor([[overlap_similarity(texts[i], texts[j]) for j in range(k)] for i in range(k)])  # [k, k]
+    sim = torch.tensor([[overlap_similarity(texts[i], texts[j]) for j in range(k)] for i in range(k)], device="cpu")  # [k, k]
     return _medoid(sim)
 
 

@@ -34,6 +34,7 @@ import torch
 from .. import adapter
 from ..config import GenerationConfig
 from ..decoding.loop import Prefilled, Stopper
+from ..decoding.verify import prefill
 from ..decoding.stats import GenerationStats, StepRecord
 from ..errors import Interrupted, SpecgenError
 from .config import SpecGuardConfig
@@ -62,9 +63,9 @@ def load_specguard_draft(target: Any, cfg: SpecGuardConfig) -> Any:
     """The draft ModelBundle: the configured model (loaded in the target's dtype), or the target itself."""
     if cfg.draft_model is None:
         return target
-    from ..models import load_model
+    from ..models import load_like
 
-    return load_model(cfg.draft_model, dtype=str(target.model.dtype).removeprefix("torch."))
+    return load_like(cfg.draft_model, target)
 
 
 def draft_prompt_ids(draft: Any, prompt: str, raw: bool, delimiter: str) -> list[int]:
@@ -86,7 +87,7 @@ def sample_steps(draft: Any, context_ids: list[int], cfg: SpecGuardConfig, max_n
     tok = draft.tokenizer
     eos = draft.eos_ids
     pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos) if eos else 0)
-    ids = torch.tensor([context_ids], dtype=torch.long)  # [1, L]
+    ids = torch.tensor([context_ids], dtype=torch.long, device=draft.model.device)  # [1, L]
     sampling: dict[str, Any] = (dict(do_sample=True, temperature=cfg.draft_temperature, top_k=0, top_p=1.0)
                                 if cfg.draft_temperature > 0 else dict(do_sample=False))
     with torch.random.fork_rng(devices=[]):
@@ -107,7 +108,7 @@ def sample_steps(draft: Any, context_ids: list[int], cfg: SpecGuardConfig, max_n
             text = text[: at + len(cfg.step_delimiter)]
         steps.append(DraftStep(text, ended, len(new)))
         vec_ids = tok(text, add_special_tokens=False)["input_ids"] or [pad]
-        vectors.append(emb(torch.tensor(vec_ids)).float().mean(dim=0))  # [d]
+        vectors.append(emb(torch.tensor(vec_ids, device=ids.device)).float().mean(dim=0).cpu())  # [d]
     return steps, torch.stack(vectors)  # [k, d]
 
 
@@ -165,11 +166,8 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
     stopper = Stopper(target.tokenizer, target.eos_ids, gen, None if context is None else context - len(prompt_ids))
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
     t0 = time.perf_counter()
-    cache = adapter.new_cache(model)
     n = len(prompt_ids)
-    out = adapter.tree_forward(model, torch.tensor(prompt_ids, dtype=torch.long), torch.arange(n), cache,
-                               adapter.causal_mask(n, "cpu"), logits_for=torch.tensor([n - 1]))
-    last_logits = out.logits[-1]  # [V] predicts the first output token
+    cache, last_logits, _ = prefill(model, prompt_ids)  # last_logits [V] predicts the first output token
     stats.prefill_s = time.perf_counter() - t0
     records: list[dict[str, Any]] = []
     draft_s = target_s = 0.0

@@ -136,7 +136,7 @@ def auroc(scores: list[float], labels: list[int]) -> float:
 
 
 def _z(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device="cpu")
     sd = float(t.std()) if len(values) > 1 else 0.0
     return ((t - t.mean()) / (sd if sd > 0 else 1.0)).tolist()
 
@@ -161,8 +161,9 @@ def run_verifier_study(target: Any, problems: list[Problem], config: SpecGuardCo
         ids = encode_prompt(target.tokenizer, gsm8k_prompt(prob.question))
         cache = adapter.new_cache(model)
         n = len(ids)
-        out = adapter.tree_forward(model, torch.tensor(ids), torch.arange(n), cache,
-                                   adapter.causal_mask(n, "cpu"), logits_for=torch.tensor([n - 1]))
+        dev = model.device
+        out = adapter.tree_forward(model, torch.tensor(ids, device=dev), torch.arange(n, device=dev), cache,
+                                   adapter.causal_mask(n, dev), logits_for=torch.tensor([n - 1], device=dev))
         last = out.logits[-1]  # [V]
         for i, step in enumerate(split_steps(prob.solution)):
             text = step + cfg.step_delimiter

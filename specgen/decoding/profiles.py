@@ -1,0 +1,58 @@
+"""Cost profiles cached on disk, so a process times verification once per machine, not once per start.
+
+Key: the model's identity (a hash of its config), device, dtype, torch thread count, the timed sizes
+and the torch version. File: `$SPECGEN_CACHE/profiles/<key>.json`, written atomically. A profile
+timed while the machine was busy stays until the file is deleted (`rm -r ~/.cache/specgen/profiles`
+re-times every model on the next run).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+from .sizing import _PROFILES, CostProfile, TreeSizingConfig, measure_cost_profile
+
+
+def profile_key(model: Any, cfg: TreeSizingConfig) -> str:
+    conf = model.config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "_attn_implementation_autoset"):
+        conf.pop(k, None)
+    raw = json.dumps({"config": conf, "device": str(model.device), "dtype": str(model.dtype),
+                      "threads": torch.get_num_threads(), "sizes": list(cfg.sizes), "torch": torch.__version__},
+                     sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> tuple[CostProfile, bool]:
+    """The cost profile for `model` on this machine and whether it was timed now (False: given,
+    or read from memory or disk)."""
+    from ..fileio import atomic_write_text
+    from ..models import cache_dir
+
+    if cfg.costs is not None:
+        return CostProfile(list(cfg.sizes), list(cfg.costs)), False
+    mem_key = (str(model.device), torch.get_num_threads(), cfg.sizes)
+    known = _PROFILES.get(model, {})
+    if mem_key in known:
+        return known[mem_key], False
+    path = cache_dir() / "profiles" / f"{profile_key(model, cfg)}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        profile = CostProfile(list(data["sizes"]), [float(s) for s in data["seconds"]])
+        if profile.sizes == list(cfg.sizes):
+            _PROFILES.setdefault(model, {})[mem_key] = profile
+            return profile, False
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        pass  # absent or unreadable: time it again
+    profile = measure_cost_profile(model, cache, n_kv, cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"sizes": profile.sizes, "seconds": profile.seconds,
+                                            "device": str(model.device), "dtype": str(model.dtype),
+                                            "threads": torch.get_num_threads()}) + "\n")
+    except OSError:
+        pass  # a read-only cache only costs the timing next time
+    return profile, True
