@@ -105,8 +105,11 @@ def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: G
     prompt_ids = prompt if isinstance(prompt, list) else encode_prompt(target.tokenizer, prompt, raw=raw)
     proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
-    res = decode(target, prompt_ids, proposer, gen, method=method, rule=spec.rule(target, cfg), on_tokens=stream.push,
-                 prefilled=prefilled)
+    # Without a listener the text is decoded once at the end, not re-decoded at every step.
+    res = decode(target, prompt_ids, proposer, gen, method=method, rule=spec.rule(target, cfg),
+                 on_tokens=stream.push if on_text is not None else None, prefilled=prefilled)
+    if on_text is None:
+        stream.ids = list(res.token_ids)
     text = stream.close()
     return GenerationResult(text, res.token_ids, res.stats, res.finish_reason)
 

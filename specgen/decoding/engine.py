@@ -119,6 +119,7 @@ def step(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: Accep
     tb = time.perf_counter()
     ver = verifier.verify(state, tree)
     tc = time.perf_counter()
+    state.sizer.observe_time(tree.size, tc - tb)
     acc = rule.accept(tree, ver)
     verifier.commit(state, acc.path)
     state.sizer.observe(tree, acc.path)

@@ -20,7 +20,7 @@ from ..proposers.base import Proposer
 from .accept import ExactMatch, PositionSampler
 from .engine import AcceptRule, DecodeState, HiddenBuffer, TokenCallback, run
 from .policy import DraftPolicy
-from .profiles import cost_profile
+from .profiles import cost_profile, save_refined
 from .sizing import CostProfile, TreeSizer
 from .stats import GenerationStats
 from .stopping import Stopper
@@ -84,14 +84,17 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
             cache, first_logits, hidden = prefill(model, prompt_ids, layer)  # hidden [n, H] | None
         stats.prefill_s = time.perf_counter() - t0
         profile: CostProfile | None = None
+        timed = False
         if gen.tree_sizing.mode == "cost" and proposer.name != "ar":
             t1 = time.perf_counter()
             profile, measured = cost_profile(model, cache, n, gen.tree_sizing)  # timed once, then cached on disk
+            timed = gen.tree_sizing.costs is None and model.device.type == "cpu"  # CPU forwards time synchronously
             stats.profile_s = time.perf_counter() - t1 if measured else 0.0
             stats.cost_profile = profile.to_dict()
         state = DecodeState(tokens=list(prompt_ids), prompt_len=n, stopper=stopper, stats=stats,
                             policy=DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated),
-                            sizer=TreeSizer(profile, gen.tree_sizing), node_budget=gen.node_budget, cache=cache,
+                            sizer=TreeSizer(profile, gen.tree_sizing, timed=timed), node_budget=gen.node_budget,
+                            cache=cache,
                             hidden=HiddenBuffer(hidden, n + gen.max_new_tokens) if hidden is not None and
                             proposer.wants_context_hidden else None,
                             last_hidden=hidden[-1] if hidden is not None else None)
@@ -108,4 +111,7 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     stats.wall_s = time.perf_counter() - t0 - stats.profile_s
     stats.new_tokens = len(stopper.generated)
     stats.draft_skipped = state.policy.skipped
+    if state.sizer.refined and state.sizer.profile is not None:
+        save_refined(model, gen.tree_sizing, state.sizer.profile)
+        stats.cost_profile = state.sizer.profile.to_dict()
     return DecodeResult(stopper.generated, stats, stopper.reason or "length")

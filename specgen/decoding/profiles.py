@@ -2,8 +2,9 @@
 
 Key: the model's identity (a hash of its config), device, dtype, torch thread count, the timed sizes
 and the torch version. File: `$SPECGEN_CACHE/profiles/<key>.json`, written atomically. A profile
-timed while the machine was busy stays until the file is deleted (`rm -r ~/.cache/specgen/profiles`
-re-times every model on the next run).
+timed while the machine was busy heals: on the CPU every verification forward of a timed size that
+runs faster than the profile lowers it (`TreeSizer.observe_time`), and the lowered profile is saved
+at the end of the generation; `rm -r ~/.cache/specgen/profiles` re-times every model on the next run.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ def profile_key(model: Any, cfg: TreeSizingConfig) -> str:
 def cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> tuple[CostProfile, bool]:
     """The cost profile for `model` on this machine and whether it was timed now (False: given,
     or read from memory or disk)."""
-    from ..fileio import atomic_write_text
     from ..models import cache_dir
 
     if cfg.costs is not None:
@@ -48,6 +48,13 @@ def cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> tu
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         pass  # absent or unreadable: time it again
     profile = measure_cost_profile(model, cache, n_kv, cfg)
+    _write(path, model, profile)
+    return profile, True
+
+
+def _write(path: Any, model: Any, profile: CostProfile) -> None:
+    from ..fileio import atomic_write_text
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"sizes": profile.sizes, "seconds": profile.seconds,
@@ -55,4 +62,10 @@ def cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> tu
                                             "threads": torch.get_num_threads()}) + "\n")
     except OSError:
         pass  # a read-only cache only costs the timing next time
-    return profile, True
+
+
+def save_refined(model: Any, cfg: TreeSizingConfig, profile: CostProfile) -> None:
+    """Keep a profile that this run's own verification forwards made faster (elementwise minimum)."""
+    from ..models import cache_dir
+
+    _write(cache_dir() / "profiles" / f"{profile_key(model, cfg)}.json", model, profile)

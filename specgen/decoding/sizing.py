@@ -50,6 +50,11 @@ class TreeSizingConfig:
     costs: tuple[float, ...] | None = None
     prior_mean: float = 0.3  # acceptance probability of a node before any evidence
     prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
+    # After this many drafting steps in a row sized to nothing, verify `explore_nodes` anyway: an
+    # acceptance calibration (or a cost profile timed on a busy machine) that never lets a node be
+    # verified would otherwise never be corrected. 0 = never.
+    explore_every: int = 8
+    explore_nodes: int = 3
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -85,6 +90,22 @@ class CostProfile:
             return ys[0]
         slope = (ys[hi] - ys[lo]) / max(1, xs[hi] - xs[lo])
         return max(ys[0], ys[lo] + slope * (n - xs[lo]))
+
+    def refine(self, n: int, seconds: float) -> bool:
+        """Lower the timing of size `n` (a timed size only) to `seconds` when faster; True when it changed."""
+        if n not in self.sizes or seconds <= 0:
+            return False
+        i = self.sizes.index(n)
+        if seconds >= self.seconds[i] * 0.98:  # within timing noise: keep
+            return False
+        self.seconds[i] = seconds
+        for j in range(i + 1, len(self.seconds)):  # still monotone (a bigger forward is not cheaper)
+            self.seconds[j] = max(self.seconds[j], self.seconds[j - 1])
+        for j in range(i - 1, -1, -1):
+            self.seconds[j] = min(self.seconds[j], self.seconds[j + 1])
+        base = max(self.seconds[0], 1e-9)
+        self.relative = [s / base for s in self.seconds]
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         return {"sizes": self.sizes, "relative": [round(r, 3) for r in self.relative]}
@@ -185,9 +206,14 @@ class TreeSizer:
     (budget sizing) `size_fn` is None and `observe` does nothing.
     """
 
-    def __init__(self, profile: CostProfile | None, cfg: TreeSizingConfig) -> None:
+    def __init__(self, profile: CostProfile | None, cfg: TreeSizingConfig, *, timed: bool = False) -> None:
         self.profile = profile
+        self.cfg = cfg
         self.calibration = AcceptanceModel(cfg.prior_mean, cfg.prior_weight)
+        self.starved = 0  # drafting steps in a row sized to no node
+        # `timed`: the profile was measured on this machine, so each verification forward's time refines it
+        self.timed = timed and profile is not None
+        self.refined = False
 
     @property
     def size_fn(self) -> Callable[[list[float], list[int]], int] | None:
@@ -196,7 +222,21 @@ class TreeSizer:
     def _size(self, scores: list[float], depths: list[int]) -> int:
         """How many of the ranked nodes to verify: the count that pays best for its forward."""
         assert self.profile is not None
-        return choose_size([self.calibration.prob(s, d) for s, d in zip(scores, depths)], self.profile, len(scores))
+        n = choose_size([self.calibration.prob(s, d) for s, d in zip(scores, depths)], self.profile, len(scores))
+        if n == 0 and scores and self.cfg.explore_every:
+            self.starved += 1
+            if self.starved >= self.cfg.explore_every:
+                self.starved = 0
+                return min(len(scores), self.cfg.explore_nodes)
+        elif n:
+            self.starved = 0
+        return n
+
+    def observe_time(self, fed: int, seconds: float) -> None:
+        """A verification forward of `fed` tokens took `seconds`: contention only ever slows a forward
+        down, so a faster one than the profile's lowers that size's cost (`CostProfile.refine`)."""
+        if self.timed and self.profile is not None and self.profile.refine(fed, seconds):
+            self.refined = True
 
     def observe(self, tree: "Tree", path: Iterable[int]) -> None:
         """Fold in a verified tree and the node indices of its accepted path (root included)."""

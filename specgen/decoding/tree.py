@@ -85,18 +85,20 @@ def build_tree(root_token: int, cands: Candidates, budget: int,
     token_list = [tok[i] for i in keep]
     parent_list = [new_index[par[i]] if i else -1 for i in keep]
     depth_list = [dep[i] for i in keep]
-    mask = torch.zeros(n, n, dtype=torch.bool, device="cpu")  # [n, n] built on the host, moved once
+    rows: list[list[bool]] = []  # the mask as lists: n small torch ops per step cost more than one tensor
     kids: list[list[int]] = [[] for _ in range(n)]
     for i in range(n):
-        mask[i, i] = True
         p = parent_list[i]
+        row = list(rows[p]) if p >= 0 else [False] * n  # parents precede children, so rows[p] is complete
+        row[i] = True
+        rows.append(row)
         if p >= 0:
-            mask[i] |= mask[p]  # parents precede children, so mask[p] is complete
             kids[p].append(i)
     for k in kids:
         k.sort(key=lambda i: -score[keep[i]])
     dev = torch.device(device)
     as_long = dict(dtype=torch.long, device=dev)
     return Tree(torch.tensor(token_list, **as_long), torch.tensor(parent_list, **as_long),  # type: ignore[arg-type]
-                torch.tensor(depth_list, **as_long), mask.to(dev), tuple(tuple(k) for k in kids),  # type: ignore[arg-type]
+                torch.tensor(depth_list, **as_long), torch.tensor(rows, dtype=torch.bool, device=dev),  # [n, n]
+                tuple(tuple(k) for k in kids),
                 tuple(score[i] for i in keep), tuple(token_list), tuple(depth_list))

@@ -10,7 +10,7 @@ import torch
 from specgen.config import GenerationConfig, PLDConfig
 from specgen.decoding.loop import decode
 from specgen.decoding.policy import DraftPolicyConfig
-from specgen.decoding.sizing import (AcceptanceModel, CostProfile, TreeSizingConfig, choose_size,
+from specgen.decoding.sizing import (AcceptanceModel, CostProfile, TreeSizer, TreeSizingConfig, choose_size,
                                      measure_cost_profile)
 from specgen.decoding.tree import build_tree
 from specgen.errors import SpecgenError
@@ -137,3 +137,24 @@ def test_cost_sizing_is_lossless_and_drops_hopeless_nodes(tiny_bundle: Any) -> N
         drafted[sizing] = out.stats.drafted
     assert drafted["budget"] > 8 * 30  # every step verifies its 8 nodes (fewer only in the last steps)
     assert drafted["cost"] < drafted["budget"] // 2
+
+
+def test_a_faster_forward_refines_the_profile_and_keeps_it_monotone() -> None:
+    prof = CostProfile([1, 2, 4, 8], [0.10, 0.30, 0.32, 0.40])  # timed on a busy machine: c(2) = 3
+    assert not prof.refine(2, 0.299)  # within noise: kept
+    assert not prof.refine(3, 0.05)  # not a timed size: nothing to say
+    assert prof.refine(2, 0.15) and prof.relative[:2] == [1.0, pytest.approx(1.5)]
+    assert prof.refine(8, 0.12)  # lower than sizes below it: they come down with it
+    assert prof.seconds == sorted(prof.seconds) and prof.seconds[-1] == pytest.approx(0.12)
+
+
+def test_sizing_that_starves_explores_and_a_timed_sizer_learns_from_its_forwards() -> None:
+    cfg = TreeSizingConfig(sizes=(1, 2, 3, 4), costs=(1.0, 3.0, 3.0, 3.0), explore_every=4, explore_nodes=2)
+    sizer = TreeSizer(CostProfile([1, 2, 3, 4], [0.1, 0.3, 0.3, 0.3]), cfg, timed=True)
+    sizes = [sizer.size_fn([1.0, 1.0, 1.0], [1, 2, 3]) for _ in range(8)]  # type: ignore[misc]
+    assert sizes == [0, 0, 0, 2, 0, 0, 0, 2]  # 2 nodes never pay at c(2) = 3, yet every 4th step tries
+    sizer.observe_time(3, 0.105)  # the 3-token forward ran almost as fast as one token
+    assert sizer.refined and sizer.profile is not None and sizer.profile(3) == pytest.approx(1.05)
+    untimed = TreeSizer(CostProfile([1, 2], [0.1, 0.3]), cfg)
+    untimed.observe_time(2, 0.1)
+    assert not untimed.refined  # a given profile (no clock of this machine) is not refined
