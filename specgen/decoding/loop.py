@@ -26,8 +26,6 @@ from .stats import GenerationStats
 from .stopping import Stopper
 from .verify import ModelVerifier, prefill
 
-__all__ = ["DecodeResult", "Prefilled", "Stopper", "decode"]
-
 
 @dataclass
 class DecodeResult:

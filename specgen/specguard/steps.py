@@ -33,7 +33,8 @@ import torch
 
 from .. import adapter
 from ..config import GenerationConfig
-from ..decoding.loop import Prefilled, Stopper
+from ..decoding.loop import Prefilled
+from ..decoding.stopping import Stopper
 from ..decoding.verify import prefill
 from ..decoding.stats import GenerationStats, StepRecord
 from ..errors import Interrupted, SpecgenError
