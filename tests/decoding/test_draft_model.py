@@ -44,3 +44,38 @@ def test_draft_with_other_tokenizer_is_refused(real_bundle: Any, tmp_path: Path)
     with pytest.raises(SpecgenError, match="tokenizer differs"):
         generate(real_bundle, "hi", method="sd", gen=GenerationConfig(max_new_tokens=4),
                  method_config=DraftModelConfig(draft_model=str(tmp_path / "other")))
+
+
+def _noisy_copy(model: Any, scale: float, seed: int) -> Any:
+    import copy
+
+    import torch
+
+    draft = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
+    return draft
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_tree_and_chain_drafts_from_a_separate_model_match_ar(tiny_bundle: Any, temperature: float) -> None:
+    from types import SimpleNamespace
+
+    from specgen.config import SamplingConfig
+
+    draft = SimpleNamespace(model=_noisy_copy(tiny_bundle.model, 0.3, seed=1))
+    gen = GenerationConfig(max_new_tokens=40, sampling=SamplingConfig(temperature=temperature, seed=4),
+                           tree_sizing=TreeSizingConfig(mode="budget"), draft_policy=DraftPolicyConfig(mode="always"))
+    prompt = [3, 17, 42, 9]
+    ar = generate(tiny_bundle, prompt, method="ar", gen=gen)
+    chain = generate(tiny_bundle, prompt, method="sd", gen=gen, draft=draft,
+                     method_config=DraftModelConfig(draft_model="unused", num_draft=4))
+    tree = generate(tiny_bundle, prompt, method="sd", gen=gen, draft=draft,
+                    method_config=DraftModelConfig(draft_model="unused", num_draft=4, tree_width=3))
+    assert chain.token_ids == ar.token_ids and tree.token_ids == ar.token_ids
+    assert chain.stats.accepted > 0 and tree.stats.accepted >= chain.stats.accepted * 0.8
+    # the tree branches: more nodes per step than a chain of the same depth, none deeper
+    assert tree.stats.drafted / tree.stats.steps > chain.stats.drafted / chain.stats.steps
+    assert len(tree.stats.position_drafted) <= 4
