@@ -133,7 +133,7 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
     profile = CostProfile(list(sizing.sizes), list(sizing.costs)) if sizing.costs is not None else None
     sizer = TreeSizer(profile if sizing.mode == "cost" else None, sizing)  # a budget-sized replay is costed, not sized
     gen = GenerationConfig(max_new_tokens=len(out), stop_at_eos=False)
-    stopper = Stopper(_NoText(), set(), gen)
+    stopper = Stopper(None, set(), gen)  # no stop strings: the tokenizer is never asked to decode
     stopper.feed(out[:1])  # the prefill's token
     wants = proposer.hidden_layer is not None
     state = DecodeState(tokens=trace.prompt_ids + out[:1], prompt_len=p, stopper=stopper,
@@ -155,13 +155,6 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
         stats.accept_lengths.append(rec.emitted)
         stats.draft_sizes.append(rec.drafted)
     return stats
-
-
-class _NoText:
-    """Replay stops on length only: a tokenizer the stopper never needs to decode with."""
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return ""
 
 
 def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,

@@ -92,16 +92,6 @@ class SoftGate:
         return walk(tree, ver.choose, lambda node, a: _gate_pick(tree, node, ver.logits[node], a, self.cfg, self.embeddings))
 
 
-def accept_greedy(tree: Tree, logits: torch.Tensor, gate: SoftGateConfig | None = None,
-                  embeddings: torch.Tensor | None = None) -> Acceptance:
-    """Greedy walk; logits [n, V] per node; embeddings [V, H] needed only when the gate is on."""
-    argmax = logits.argmax(dim=-1).tolist()  # [n]
-    if gate is None or not gate.enabled:
-        return walk(tree, argmax.__getitem__)
-    assert embeddings is not None, "the soft gate needs the target's input embeddings"
-    return walk(tree, argmax.__getitem__, lambda node, a: _gate_pick(tree, node, logits[node], a, gate, embeddings))
-
-
 def _gate_pick(tree: Tree, node: int, logits: torch.Tensor, a: int, gate: SoftGateConfig,
                embeddings: torch.Tensor) -> int | None:
     """The best child passing the soft gate at `node`, or None. logits [V]."""
