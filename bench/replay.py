@@ -14,7 +14,10 @@ Replay measures tau only; speed comes from `specgen bench`, which decodes for re
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -24,6 +27,7 @@ from ..decoding.accept import ExactMatch
 from ..decoding.engine import DecodeState, HiddenBuffer, Verification, step
 from ..decoding.policy import DraftPolicy, DraftPolicyConfig
 from ..decoding.sizing import CostProfile, TreeSizer, TreeSizingConfig
+from ..fileio import atomic_write_bytes
 from ..proposers.base import Proposer
 
 
@@ -194,6 +198,37 @@ def record_suite(bundle: Any, suite: str, limit: int | None, max_new_tokens: int
     return traces
 
 
+TRACES_FORMAT = 1
+
+
+def save_traces(path: str | Path, traces: list[Trace], key: Mapping[str, Any]) -> None:
+    """Write `traces` with the `key` they were recorded under (model identity, suite, limits), atomically."""
+    buf = io.BytesIO()
+    torch.save({"format": TRACES_FORMAT, "key": dict(key),
+                "traces": [dataclasses.asdict(t) for t in traces]}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_traces(path: str | Path, key: Mapping[str, Any]) -> list[Trace] | None:
+    """Traces saved by `save_traces` under the same `key`; None when the file is missing or recorded
+    under another key (another model, suite or limit: record again); a SpecgenError when unreadable."""
+    from ..errors import SpecgenError
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("format") != TRACES_FORMAT:
+            raise ValueError("unknown format")
+        if data["key"] != dict(key):
+            return None
+        return [Trace(**t) for t in data["traces"]]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        raise SpecgenError(f"{path}: not a specgen trace file ({type(exc).__name__}); delete it to record "
+                           "the traces again") from None
+
+
 def replay_plan(methods: tuple[str, ...], index: str | None,
                 method_options: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, Any]]:
     """label -> (method, config) for `methods`, resolved exactly as `specgen bench` resolves them
@@ -220,9 +255,18 @@ def replay_methods(bundle: Any, traces: list[Trace], methods: dict[str, Any], bu
     """{"<label>@<budget>": per-category replay stats} for each (label -> (method, config)) and budget."""
     from ..proposers.registry import get_method
 
+    from .runner import MethodRun, preload_drafts
+
+    # A separate draft model is loaded once per method, not once per trace.
+    drafts = preload_drafts(bundle, [MethodRun(label, m, c, None, False, True) for label, (m, c) in methods.items()])
     out: dict[str, dict[str, ReplayStats]] = {}
     for label, (method, cfg) in methods.items():
         spec = get_method(method)
+        draft = drafts.get(label)
+
+        def make(spec: Any = spec, cfg: Any = cfg, draft: Any = draft) -> Proposer:
+            return spec.factory(bundle, cfg) if draft is None else spec.factory(bundle, cfg, draft=draft)
+
         for budget in budgets:
-            out[f"{label}@{budget}"] = replay_all(lambda: spec.factory(bundle, cfg), traces, budget, policy)
+            out[f"{label}@{budget}"] = replay_all(make, traces, budget, policy)
     return out

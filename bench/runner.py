@@ -310,7 +310,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     sampling = SamplingConfig(temperature=config.temperature, seed=config.seed)
     policy = DraftPolicyConfig(mode=config.draft_policy)
     sizing = TreeSizingConfig(mode=config.tree_sizing)
-    drafts = _preload_drafts(bundle, runs)
+    drafts = preload_drafts(bundle, runs)
     model_name = getattr(bundle, "name", str(config.model))
 
     def call(run: MethodRun, ids: list[int], max_new: int, stop: tuple[str, ...] = ()) -> Any:
@@ -363,7 +363,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     return BenchResult(config, runs, records, summarize(records), notes, env, model_name)
 
 
-def _preload_drafts(bundle: Any, runs: list[MethodRun]) -> dict[str, Any]:
+def preload_drafts(bundle: Any, runs: list[MethodRun]) -> dict[str, Any]:
     """Load each separate draft model once (a `draft_model` in a method config), keyed by run label."""
     from ..proposers.registry import get_method
 

@@ -192,12 +192,14 @@ def replay(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
     draft_policy: str = typer.Option("adaptive", "--draft-policy", help="adaptive | always."),
     method_config: Optional[Path] = typer.Option(None, "--method-config", help="YAML/JSON options per method (as for bench)."),
+    traces_path: Optional[Path] = typer.Option(None, "--traces", help="Cache the recorded answers here: reused when "
+                                               "model, suite, limit and length match, else recorded and written."),
 ) -> None:
     """Offline tau of lossless drafters on the target's recorded greedy answers (no timing: see `bench`)."""
     from rich.console import Console
     from rich.table import Table
 
-    from specgen.bench.replay import record_suite, replay_methods, replay_plan
+    from specgen.bench.replay import load_traces, record_suite, replay_methods, replay_plan, save_traces
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.models import load_model
 
@@ -210,12 +212,19 @@ def replay(
     budget_list = _budgets(budgets) or (16,)
     for b in budget_list:
         in_range("budgets", b, 1, MAX_NODE_BUDGET)
+    if traces_path is not None:
+        output_file("traces", traces_path)
     policy = DraftPolicyConfig(mode=draft_policy)
     chosen = replay_plan(_csv(methods) or (), index, read_method_config(method_config))
     console = Console(stderr=True)
     bundle = load_model(model)
-    with console.status("recording greedy answers"):
-        traces = record_suite(bundle, suite, limit, max_new_tokens)
+    key = {"model": bundle.identity(), "suite": suite, "limit": limit, "max_new_tokens": max_new_tokens}
+    traces = load_traces(traces_path, key) if traces_path is not None else None
+    if traces is None:
+        with console.status("recording greedy answers"):
+            traces = record_suite(bundle, suite, limit, max_new_tokens)
+        if traces_path is not None:
+            save_traces(traces_path, traces, key)
     results = replay_methods(bundle, traces, chosen, budget_list, policy)
     cats = [c for c in next(iter(results.values())) if c != "overall"] + ["overall"] if results else []
     table = Table(title=f"replayed tau ({len(traces)} answers, {sum(len(t.output_ids) for t in traces)} tokens)")

@@ -112,11 +112,15 @@ def step(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: Accep
     """One step: propose, build the tree, verify it, accept a path, commit it. Emits >= 1 token."""
     ta = time.perf_counter()
     budget = min(state.node_budget, state.stopper.remaining)
+    depth = state.sizer.depth_limit(budget, proposer.nodes_per_depth) if proposer.draft_cost_per_depth else None
     ctx = ProposeContext(tokens=state.tokens, prompt_len=state.prompt_len, budget=budget, hidden=state.last_hidden,
-                         context_hidden=state.hidden.view() if state.hidden is not None else None)
-    cands = proposer.propose(ctx) if budget > 0 and state.policy.should_draft() else Candidates()
+                         context_hidden=state.hidden.view() if state.hidden is not None else None, max_depth=depth)
+    drafting = budget > 0 and depth != 0 and state.policy.should_draft()
+    cands = proposer.propose(ctx) if drafting else Candidates()
     tree = build_tree(state.tokens[-1], cands, budget, state.sizer.size_fn, device=verifier.device)
     tb = time.perf_counter()
+    if proposer.draft_cost_per_depth and cands.sequences:
+        state.sizer.observe_draft(max(len(c) for c in cands.sequences), tb - ta)
     ver = verifier.verify(state, tree)
     tc = time.perf_counter()
     state.sizer.observe_time(tree.size, tc - tb)

@@ -214,6 +214,12 @@ class TreeSizer:
         # `timed`: the profile was measured on this machine, so each verification forward's time refines it
         self.timed = timed and profile is not None
         self.refined = False
+        # Draft-model cost (`Proposer.draft_cost_per_depth`): seconds per draft depth of recent steps,
+        # and per depth d, verified steps that drafted to d (`offered`) and accepted to d (`reached`).
+        self.draft_seconds: list[float] = []
+        self.offered: list[float] = []
+        self.reached: list[float] = []
+        self.depth_starved = 0
 
     @property
     def size_fn(self) -> Callable[[list[float], list[int]], int] | None:
@@ -232,6 +238,38 @@ class TreeSizer:
             self.starved = 0
         return n
 
+    def depth_limit(self, budget: int, nodes_per_depth: int) -> int:
+        """Draft depth (0..budget) that pays best when every depth costs a draft forward.
+
+        Maximises (1 + sum over d <= k of P(accepted >= d)) / (c(k * nodes_per_depth + 1) + k * r),
+        r = measured draft seconds per depth over the profile's one-token verification seconds. Only
+        with a profile timed on this machine (a given profile has no seconds to compare with).
+        """
+        if not self.timed or self.profile is None or not self.draft_seconds or budget <= 0:
+            return budget
+        r = sorted(self.draft_seconds)[len(self.draft_seconds) // 2] / max(self.profile.seconds[0], 1e-9)
+        w, prior = self.cfg.prior_weight, self.cfg.prior_mean
+        best_k, best_rate, expected = 0, 1.0 / self.profile(1), 1.0
+        for k in range(1, budget // max(1, nodes_per_depth) + 1):
+            seen = (self.reached[k - 1], self.offered[k - 1]) if k <= len(self.offered) else (0.0, 0.0)
+            expected += (seen[0] + w * prior ** k) / (seen[1] + w)
+            rate = expected / (self.profile(k * nodes_per_depth + 1) + k * r)
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        if best_k == 0 and self.cfg.explore_every:
+            self.depth_starved += 1
+            if self.depth_starved >= self.cfg.explore_every:  # as in `_size`: keep the estimate correctable
+                self.depth_starved = 0
+                return min(budget, self.cfg.explore_nodes)
+        elif best_k:
+            self.depth_starved = 0
+        return best_k
+
+    def observe_draft(self, depth: int, seconds: float) -> None:
+        """A draft of `depth` took `seconds` (the proposer's whole propose call); the last 16 count."""
+        if depth > 0:
+            self.draft_seconds = (self.draft_seconds + [seconds / depth])[-16:]
+
     def observe_time(self, fed: int, seconds: float) -> None:
         """A verification forward of `fed` tokens took `seconds`: contention only ever slows a forward
         down, so a faster one than the profile's lowers that size's cost (`CostProfile.refine`)."""
@@ -243,4 +281,11 @@ class TreeSizer:
         if self.profile is None or tree.size <= 1:
             return
         on_path = set(path)
+        deepest, got = int(tree.max_depth), len(tuple(path)) - 1
+        while len(self.offered) < deepest:
+            self.offered.append(0.0)
+            self.reached.append(0.0)
+        for d in range(deepest):
+            self.offered[d] += 1.0
+            self.reached[d] += 1.0 if got > d else 0.0
         self.calibration.update(list(tree.scores[1:]), tree.depth[1:].tolist(), [i in on_path for i in range(1, tree.size)])

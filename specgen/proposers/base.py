@@ -27,6 +27,9 @@ class ProposeContext:
     hidden: torch.Tensor | None = None
     # [L, H] hidden states of every position with a KV entry (prompt + accepted), same layer.
     context_hidden: torch.Tensor | None = None
+    # Deepest draft worth its cost this step (cost-aware sizing of a proposer whose every depth is
+    # a model forward, `Proposer.draft_cost_per_depth`); None = no limit beyond `budget`.
+    max_depth: int | None = None
 
 
 @dataclass
@@ -55,6 +58,11 @@ class Proposer(ABC):
     # True when the proposer itself returns no candidates at steps where its evidence is too weak to
     # pay for verification; the loop's adaptive draft policy then defers to it (decoding/policy.py).
     self_gated: bool = False
+    # True when each draft depth costs a model forward (a draft model): cost-aware sizing then
+    # counts that time and limits the depth (`ProposeContext.max_depth`); `nodes_per_depth` is how
+    # many nodes one depth adds to the verified tree.
+    draft_cost_per_depth: bool = False
+    nodes_per_depth: int = 1
 
     def reset(self, prompt_ids: list[int]) -> None:
         """Start a new generation for `prompt_ids` (drop per-request state)."""

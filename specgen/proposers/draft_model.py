@@ -25,9 +25,11 @@ DEFAULT_DRAFT_LAYERS_FRACTION = 0.25  # self-draft default: the first quarter of
 
 
 class DraftModelProposer(Proposer):
-    """Greedy chain from a draft model that keeps its own KV cache in step with the committed text."""
+    """Greedy chain or dynamic tree from a draft model whose KV cache stays in step with the committed
+    text across steps (after a tree, rolled back to the accepted path)."""
 
     name = "sd"
+    draft_cost_per_depth = True
 
     def __init__(self, draft_model: Any, num_draft: int, tree_width: int = 1) -> None:
         # The draft runs through the same tree-attention forward as the target, with a causal chain
@@ -36,12 +38,17 @@ class DraftModelProposer(Proposer):
         self.model = draft_model
         self.num_draft = num_draft
         self.tree_width = tree_width
+        self.nodes_per_depth = tree_width
         self.cache: Any = None
         self.fed: list[int] = []  # tokens whose KV entries the draft cache holds
+        # The last tree's nodes whose KV entries sit in the cache after `fed` (tokens, parents; -1 =
+        # the pending token): the accepted path among them is kept at commit, not fed again.
+        self.tree_nodes: tuple[list[int], list[int]] | None = None
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.cache = adapter.new_cache(self.model)
         self.fed = []
+        self.tree_nodes = None
 
     @torch.inference_mode()
     def _feed(self, tokens: list[int]) -> torch.Tensor:
@@ -56,7 +63,7 @@ class DraftModelProposer(Proposer):
         return out.logits[-1]  # [V]
 
     def propose(self, ctx: ProposeContext) -> Candidates:
-        k = min(self.num_draft, ctx.budget)
+        k = min(self.num_draft, ctx.budget, ctx.budget if ctx.max_depth is None else ctx.max_depth)
         if k <= 0:
             return Candidates()
         assert ctx.tokens[: len(self.fed)] == self.fed, "draft cache out of step with the context"
@@ -93,6 +100,7 @@ class DraftModelProposer(Proposer):
             if d == depth:
                 break
             n = len(toks)
+            adapter.crop_cache(self.cache, base)  # the previous depth's nodes are fed again with the new ones
             rows: list[list[bool]] = []
             for i in range(n):  # node i sees its drafted ancestors and itself
                 row = list(rows[parents[i]]) if parents[i] >= 0 else [False] * n
@@ -102,7 +110,7 @@ class DraftModelProposer(Proposer):
                                        torch.tensor([base + x - 1 for x in depths], device=device), self.cache,
                                        torch.tensor(rows, dtype=torch.bool, device=device),
                                        logits_for=torch.tensor(frontier, device=device))
-            adapter.crop_cache(self.cache, base)
+            self.tree_nodes = (toks[:n], parents[:n])  # in the cache at base + i until commit
             logps = torch.log_softmax(out.logits.float(), -1)  # [f, V]
         inner = set(parents)
         leaves = [i for i in range(len(toks)) if i not in inner]
@@ -117,6 +125,8 @@ class DraftModelProposer(Proposer):
         return Candidates(seqs, scores)
 
     def commit(self, tokens: list[int], n_kv: int) -> None:
+        if self.tree_nodes is not None:
+            self._keep_accepted_path(tokens)
         # Keep the draft's cache only up to where its fed tokens still agree with the context.
         common = 0
         for a, b in zip(self.fed, tokens):
@@ -127,6 +137,23 @@ class DraftModelProposer(Proposer):
         if common < len(self.fed):
             adapter.crop_cache(self.cache, common)
             self.fed = self.fed[:common]
+
+
+    def _keep_accepted_path(self, tokens: list[int]) -> None:
+        """Roll the draft cache back to the accepted path of the last tree: its nodes' KV entries move
+        down after `fed` (`adapter.commit_cache`), the rest are dropped."""
+        assert self.tree_nodes is not None
+        toks, parents = self.tree_nodes
+        self.tree_nodes = None
+        base, path, parent = len(self.fed), [], -1
+        for t in tokens[base:len(tokens) - 1]:  # the accepted tokens; the last one is pending
+            child = next((i for i, (tk, p) in enumerate(zip(toks, parents)) if p == parent and tk == t), None)
+            if child is None:
+                break
+            path.append(child)
+            parent = child
+        adapter.commit_cache(self.cache, base, path)
+        self.fed += [toks[i] for i in path]
 
 
 def load_draft(target: Any, cfg: DraftModelConfig) -> Any:

@@ -79,3 +79,35 @@ def test_tree_and_chain_drafts_from_a_separate_model_match_ar(tiny_bundle: Any, 
     # the tree branches: more nodes per step than a chain of the same depth, none deeper
     assert tree.stats.drafted / tree.stats.steps > chain.stats.drafted / chain.stats.steps
     assert len(tree.stats.position_drafted) <= 4
+
+
+@pytest.mark.parametrize("accept", [0, 1, 2, 4])
+def test_tree_draft_cache_keeps_the_accepted_path(tiny_bundle: Any, accept: int) -> None:
+    """After a tree step the draft's KV cache holds the committed text, the accepted nodes' entries
+    kept from the tree forward: equal to a cache that fed the same tokens as a chain."""
+    import torch
+
+    from specgen import adapter
+    from specgen.proposers.base import ProposeContext
+    from specgen.proposers.draft_model import DraftModelProposer
+
+    draft = _noisy_copy(tiny_bundle.model, 0.3, seed=1)
+    prop = DraftModelProposer(draft, num_draft=4, tree_width=3)
+    tokens = [3, 17, 42, 9]
+    prop.reset(tokens)
+    cands = prop.propose(ProposeContext(tokens=tokens, prompt_len=4, budget=16))
+    assert prop.tree_nodes is not None and len(cands.sequences) > 1
+    best = cands.sequences[0]
+    committed = tokens + best[:accept] + [5]  # `accept` drafted tokens, then a bonus token (pending)
+    prop.commit(committed, len(committed) - 1)
+    assert prop.fed == committed[:len(prop.fed)] and len(prop.fed) == len(tokens) + min(accept, 3)
+    assert adapter.cache_length(prop.cache) == len(prop.fed)
+    fresh = adapter.new_cache(draft)
+    n = len(prop.fed)
+    adapter.tree_forward(draft, torch.tensor(prop.fed), torch.arange(n), fresh, adapter.causal_mask(n, "cpu"))
+    for kept, ref in zip(prop.cache.layers, fresh.layers):
+        torch.testing.assert_close(kept.keys, ref.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(kept.values, ref.values, atol=1e-5, rtol=1e-4)
+    # the next step continues from the kept cache, pending token fed
+    again = prop.propose(ProposeContext(tokens=committed, prompt_len=4, budget=16))
+    assert again.sequences and prop.fed[: len(committed)] == committed

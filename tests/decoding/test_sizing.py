@@ -158,3 +158,71 @@ def test_sizing_that_starves_explores_and_a_timed_sizer_learns_from_its_forwards
     untimed = TreeSizer(CostProfile([1, 2], [0.1, 0.3]), cfg)
     untimed.observe_time(2, 0.1)
     assert not untimed.refined  # a given profile (no clock of this machine) is not refined
+
+
+def _tree_with_depth(depth: int) -> Any:
+    return build_tree(0, Candidates([list(range(1, depth + 1))], [1.0]), depth)
+
+
+@pytest.mark.parametrize("costly", [False, True])
+def test_draft_cost_limits_the_draft_depth(costly: bool) -> None:
+    """Counting the draft's time: a draft that costs as much as a target step per depth on a
+    machine where verifying k tokens costs k steps never pays; a cheap draft on a flat (GPU-like)
+    profile drafts to the full budget. Only a profile timed on this machine has seconds to compare."""
+    sizes = (1, 2, 4, 8, 17)
+    flat = CostProfile(list(sizes), [0.01 * (1 + n / 100) for n in sizes])  # c(n) ~ 1: memory-bound
+    linear = CostProfile(list(sizes), [0.01 * n for n in sizes])  # c(n) = n: compute-bound
+    profile = linear if costly else flat
+    sizer = TreeSizer(profile, TreeSizingConfig(explore_every=0), timed=True)
+    assert sizer.depth_limit(8, 1) == 8  # nothing measured yet: the budget
+    for _ in range(20):
+        sizer.observe_draft(4, 4 * (0.01 if costly else 0.001))  # per depth: a target step, or a tenth of one
+        sizer.observe(_tree_with_depth(4), (0, 1, 2, 3, 4))  # all 4 accepted
+    limit = sizer.depth_limit(8, 1)
+    # deeper than 4 was never tried: the prior (0.3 ** d) says it does not pay
+    assert limit == (0 if costly else 4)
+    rejected = TreeSizer(profile, TreeSizingConfig(explore_every=0), timed=True)
+    for _ in range(20):  # a cheap draft whose tokens are never accepted does not pay either
+        rejected.observe_draft(4, 4 * 0.001)
+        rejected.observe(_tree_with_depth(4), (0,))
+    assert rejected.depth_limit(8, 1) == 0
+    untimed = TreeSizer(profile, TreeSizingConfig(), timed=False)
+    untimed.observe_draft(4, 1.0)
+    assert untimed.depth_limit(8, 1) == 8
+
+
+def test_depth_limit_explores_after_starving() -> None:
+    sizes = (1, 2, 4, 8, 17)
+    sizer = TreeSizer(CostProfile(list(sizes), [0.01 * n for n in sizes]),
+                      TreeSizingConfig(explore_every=4, explore_nodes=2), timed=True)
+    sizer.observe_draft(2, 1.0)  # a very slow draft
+    limits = [sizer.depth_limit(8, 1) for _ in range(8)]
+    assert limits == [0, 0, 0, 2, 0, 0, 0, 2]
+
+
+def test_a_costly_draft_model_is_skipped_and_output_unchanged(tiny_bundle: Any) -> None:
+    """Decoding with a draft whose every depth is slow: cost sizing stops drafting (few drafted
+    nodes), the output still equals ar's."""
+    import time
+
+    from specgen.proposers.draft_model import DraftModelProposer
+
+    class SlowDraft(DraftModelProposer):
+        def propose(self, ctx: ProposeContext) -> Candidates:
+            out = super().propose(ctx)
+            time.sleep(0.05 * max((len(c) for c in out.sequences), default=0))
+            return out
+
+    gen = GenerationConfig(max_new_tokens=30, tree_sizing=TreeSizingConfig(costs=None),
+                           draft_policy=DraftPolicyConfig(mode="always"))
+    prompt = [3, 17, 42, 9]
+    ar = decode(tiny_bundle, prompt, NullProposer(), gen, method="ar")
+    slow = decode(tiny_bundle, prompt, SlowDraft(tiny_bundle.model, num_draft=4), gen, method="sd")
+    uncounted = SlowDraft(tiny_bundle.model, num_draft=4)
+    uncounted.draft_cost_per_depth = False  # the same slow draft, its time not counted (as before)
+    fast = decode(tiny_bundle, prompt, uncounted, gen, method="sd")
+    assert slow.token_ids == ar.token_ids and fast.token_ids == ar.token_ids
+    # the draft is the target itself: every drafted token is accepted, so only its cost tells them apart
+    uncounted_rate, counted_rate = fast.stats.drafted / fast.stats.steps, slow.stats.drafted / slow.stats.steps
+    assert uncounted_rate >= 2
+    assert counted_rate < uncounted_rate / 2, "a draft costing many verification steps per depth kept drafting"
