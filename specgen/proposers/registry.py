@@ -107,6 +107,12 @@ def make_config(name: str, options: dict[str, Any]) -> Any:
     """
     cls = get_method(name).config_cls
     given = {k: v for k, v in options.items() if v is not None}
+    presets = getattr(cls, "PRESETS", None)
+    if presets is not None and "preset" in given:  # a named option set, under the explicit options
+        preset = given.pop("preset")
+        if preset not in presets:
+            raise SpecgenError(f"unknown {name} preset '{preset}' (choose from {', '.join(presets)})")
+        given = {**presets[preset], **given}
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
@@ -121,3 +127,11 @@ def make_config(name: str, options: dict[str, Any]) -> Any:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
         raise SpecgenError(f"option {flags} does not apply to method '{name}'")
     return cls(**kwargs)
+
+
+def draft_name(config: Any, target_name: str | None) -> str | None:
+    """The separate draft model a method config loads for the target (None: none)."""
+    from ..catalog import DEFAULT_MODEL
+
+    resolve = getattr(config, "draft_for", None)
+    return resolve(target_name or DEFAULT_MODEL) if resolve is not None else None

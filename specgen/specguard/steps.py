@@ -7,20 +7,16 @@ Accepted: the step's KV entries, already in the cache, are kept. Rejected: the c
 the target writes the step itself with a token-level method (`recompute_method`, default `pld`)
 through `specgen.generate.generate`, i.e. the shared decode loop, stopping at the delimiter.
 
-Steps cross between the models as TEXT: the draft always sees its own tokenization of the prompt
-plus the whole output text so far (re-tokenized each step, so no token-boundary seams appear on the
-draft side); the target keeps its own token ids, and a draft step enters them by tokenizing the
-step text alone (steps end at whitespace-ending delimiters, where tokenizers split anyway).
+Steps cross between the models through an exchange (`exchange.py`): as token ids when the draft
+shares the target's tokenizer (the draft then keeps its KV cache across steps), else as text.
 
-CPU pairing out of the box: target = the CLI's default model, SmolLM2-135M-Instruct; draft =
-Gemma-3-270M (`gemma3-270m`, base model). Why this way round although Gemma is the bigger model:
-Gemma 3 alternates sliding-window (512) and global layers, and specgen's tree attention refuses
-sliding-window layers (`kernels/hf_attention.py`) while `adapter.commit_cache` asserts plain
-DynamicLayer caches (Gemma's DynamicCache holds DynamicSlidingWindowLayer entries), so Gemma cannot
-be the target without changes outside this package. As the draft it only runs HF `generate`, which
-handles its architecture. Gemma-3-270M is 170M of embedding parameters and a 100M-parameter, 18-layer
-body with a 262k vocabulary; per token on this CPU it is not cheaper than SmolLM2-135M, so this
-pairing exercises the method (and the cross-tokenizer path) rather than promising a speed-up.
+Default draft (`draft_model="auto"`): the named target's own family draft from the catalog
+(Qwen2.5-Coder-0.5B for qwen2.5-coder-1.5b: one tokenizer, token-id exchange), otherwise
+Gemma-3-270M (`gemma3-270m`, base model, text exchange) for the embedded SmolLM2-135M-Instruct.
+That last pairing runs the wrong way round (Gemma is the bigger model): Gemma 3 alternates
+sliding-window (512) and global layers, which specgen's tree attention refuses
+(`kernels/hf_attention.py`), so it cannot be the target; as the draft it only runs HF `generate`.
+It exercises the method and the cross-tokenizer path rather than promising a speed-up.
 """
 from __future__ import annotations
 
@@ -39,17 +35,9 @@ from ..decoding.verify import prefill
 from ..decoding.stats import GenerationStats, StepRecord
 from ..errors import Interrupted, SpecgenError
 from .config import SpecGuardConfig
+from .exchange import make_exchange
 from .scores import StepScore, decide, effective_grounding, score_candidates
 from .select import select_candidate
-
-
-@dataclass(frozen=True)
-class DraftStep:
-    """One sampled candidate step, as text."""
-
-    text: str  # cut after the delimiter when it occurs
-    eos: bool  # the draft ended the answer inside this step
-    draft_tokens: int
 
 
 def check_target(target: Any) -> None:
@@ -66,7 +54,7 @@ def load_specguard_draft(target: Any, cfg: SpecGuardConfig) -> Any:
         return target
     from ..models import load_like
 
-    return load_like(cfg.draft_model, target)
+    return load_like(cfg.draft_for(target.name), target)
 
 
 def draft_prompt_ids(draft: Any, prompt: str, raw: bool, delimiter: str) -> list[int]:
@@ -78,61 +66,6 @@ def draft_prompt_ids(draft: Any, prompt: str, raw: bool, delimiter: str) -> list
         text = prompt if prompt.endswith(delimiter) else prompt.rstrip() + delimiter
         return encode_prompt(draft.tokenizer, text, raw=True)
     return encode_prompt(draft.tokenizer, prompt)
-
-
-@torch.inference_mode()
-def sample_steps(draft: Any, context_ids: list[int], cfg: SpecGuardConfig, max_new: int,
-                 seed: int) -> tuple[list[DraftStep], torch.Tensor]:
-    """k candidate steps from the draft in one batched HF `generate`; also [k, d] mean input embeddings."""
-    k = cfg.candidates if cfg.draft_temperature > 0 else 1
-    tok = draft.tokenizer
-    eos = draft.eos_ids
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos) if eos else 0)
-    ids = torch.tensor([context_ids], dtype=torch.long, device=draft.model.device)  # [1, L]
-    sampling: dict[str, Any] = (dict(do_sample=True, temperature=cfg.draft_temperature, top_k=0, top_p=1.0)
-                                if cfg.draft_temperature > 0 else dict(do_sample=False))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out = draft.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
-                                   num_return_sequences=k, stop_strings=[cfg.step_delimiter], tokenizer=tok,
-                                   pad_token_id=pad, eos_token_id=sorted(eos) or None, **sampling)  # [k, L + t]
-    steps: list[DraftStep] = []
-    vectors = []
-    emb = draft.model.get_input_embeddings()
-    for row in out[:, ids.shape[1]:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in eos), None)
-        new = row if cut is None else row[:cut]
-        text = tok.decode(new, skip_special_tokens=True)
-        at = text.find(cfg.step_delimiter)
-        ended = cut is not None and at < 0
-        if at >= 0:
-            text = text[: at + len(cfg.step_delimiter)]
-        steps.append(DraftStep(text, ended, len(new)))
-        vec_ids = tok(text, add_special_tokens=False)["input_ids"] or [pad]
-        vectors.append(emb(torch.tensor(vec_ids, device=ids.device)).float().mean(dim=0).cpu())  # [d]
-    return steps, torch.stack(vectors)  # [k, d]
-
-
-_LOOKAHEAD = "A"
-
-
-def step_to_target_ids(step: DraftStep, target: Any) -> list[int]:
-    """Target token ids of a draft step (text re-tokenized; the target's EOS appended when the draft ended).
-
-    Seam: a BPE tokenizer splits a trailing "\n\n" differently when text follows ("\n", "\n" before
-    a word, one "\n\n" token at the very end). Steps are tokenized with a one-letter lookahead that
-    is then dropped, so the ids match the tokenization of the joined text when the next step starts
-    with a word (falls back to the plain tokenization when the lookahead does not split off cleanly).
-    """
-    tok = target.tokenizer
-    ids = [int(t) for t in tok(step.text + _LOOKAHEAD, add_special_tokens=False)["input_ids"]]
-    if not (ids and tok.decode(ids[-1:]) == _LOOKAHEAD and tok.decode(ids[:-1]) == step.text) or step.eos:
-        ids = [int(t) for t in tok(step.text, add_special_tokens=False)["input_ids"]]
-    else:
-        ids = ids[:-1]
-    if step.eos and target.tokenizer.eos_token_id is not None:
-        ids.append(int(target.tokenizer.eos_token_id))
-    return ids
 
 
 def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationConfig,
@@ -159,6 +92,7 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
     else:
         prompt_ids = encode_prompt(target.tokenizer, prompt, raw=raw)
         d_prompt = draft_prompt_ids(draft, prompt, raw, cfg.step_delimiter)
+    exchange = make_exchange(target, draft, prompt_ids, d_prompt, cfg)
 
     model = target.model
     adapter.use_tree_attention(model)
@@ -179,13 +113,10 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
             out_ids = stopper.generated
             n_kv = len(prompt_ids) + len(out_ids)
             remaining = stopper.remaining
-            out_text = target.tokenizer.decode(out_ids, skip_special_tokens=True)
             ta = time.perf_counter()
-            ctx_ids = d_prompt + draft.tokenizer(out_text, add_special_tokens=False)["input_ids"]
-            cands, vectors = sample_steps(draft, ctx_ids, cfg, min(cfg.max_step_tokens, remaining),
-                                          cfg.seed + len(records))
+            cands, vectors = exchange.sample(out_ids, min(cfg.max_step_tokens, remaining), cfg.seed + len(records))
             chosen = select_candidate([c.text for c in cands], cfg.selector, vectors)
-            cand_ids = [step_to_target_ids(c, target)[:remaining] for c in cands]
+            cand_ids = [list(c.target_ids)[:remaining] for c in cands]
             tb = time.perf_counter()
             draft_s += tb - ta
             rec: dict[str, Any] = {"draft_text": cands[chosen].text, "candidates": len(cands)}
@@ -198,7 +129,8 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
                 sc = scs[at]
                 g = effective_grounding(sc.grounding, [s.grounding for i, s in enumerate(scs) if i != at], cfg)
                 if cfg.scorer is not None:
-                    score = float(cfg.scorer(out_text, cands[chosen].text))
+                    score = float(cfg.scorer(target.tokenizer.decode(out_ids, skip_special_tokens=True),
+                                             cands[chosen].text))
                     accepted = score >= cfg.tau
                 else:
                     score, accepted = decide(sc.confidence, g, cfg)
@@ -235,6 +167,7 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
             target_s += td - tb
             stats.accept_s += td - tc
             kept = stopper.feed(new)
+            exchange.commit(list(stopper.generated), chosen, accepted)
             stats.accept_lengths[-1] = len(kept)
             rec.update(source="draft" if accepted else "target", score=score, accepted=accepted,
                        text=target.tokenizer.decode(kept, skip_special_tokens=True), tokens=len(kept))

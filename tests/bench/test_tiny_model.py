@@ -45,6 +45,46 @@ def test_peers_greedy_match_and_restore_attention(tiny: Any) -> None:
     assert run_peer(tiny, "hf-generate", ids, 10).steps == len(ours) - 1
 
 
+def test_assisted_peer_with_a_separate_draft_matches_greedy(tiny: Any) -> None:
+    """hf-assisted: HF assisted generation with a separate draft model (here a noisy copy of the
+    target, as a family draft would be) is lossless, counts only target forwards, restores both
+    models' attention."""
+    import copy
+
+    import torch
+
+    from specgen.bench.peers import ASSISTED
+    from specgen.config import GenerationConfig
+    from specgen.generate import generate
+
+    draft = copy.deepcopy(tiny)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in draft.model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.2 * p.std())
+    draft.model.set_attn_implementation("eager")
+    ids = [3, 17, 42, 9]
+    ours = generate(tiny, ids, method="ar", gen=GenerationConfig(max_new_tokens=12)).token_ids
+    res = run_peer(tiny, ASSISTED, ids, 12, assistant=draft)
+    assert res.token_ids == ours
+    assert res.steps is not None and 1 <= res.steps < len(ours) - 1  # some drafted tokens were accepted
+    assert draft.model.config._attn_implementation == "eager"
+    from specgen.errors import SpecgenError
+
+    with pytest.raises(SpecgenError, match="needs a draft model"):
+        run_peer(tiny, ASSISTED, ids, 4)
+
+
+def test_assisted_peer_is_planned_only_for_a_target_with_a_family_draft() -> None:
+    from specgen.bench.runner import plan_methods
+
+    runs, notes = plan_methods(BenchConfig(methods=("ar",), peers=True, model="qwen2.5-coder-1.5b"))
+    assisted = [r for r in runs if r.method == "hf-assisted"]
+    assert len(assisted) == 1 and assisted[0].config.draft_model == "qwen2.5-coder-0.5b"
+    runs, notes = plan_methods(BenchConfig(methods=("ar",), peers=True))
+    assert not [r for r in runs if r.method == "hf-assisted"] and any("hf-assisted" in n for n in notes)
+
+
 def test_cli_bench_runs_with_tiny_model(tiny: Any, tiny_suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
     from typer.testing import CliRunner

@@ -13,7 +13,7 @@ from specgen import adapter
 from specgen.specguard.config import SpecGuardConfig
 from specgen.specguard.scores import score_candidates
 from specgen.specguard.select import last_number, numeric_vote, overlap_medoid, embedding_medoid, select_candidate
-from specgen.specguard.steps import DraftStep, step_to_target_ids
+from specgen.specguard.exchange import DraftStep, step_to_target_ids
 from specgen.specguard.verifier import (auroc, corrupt_step, extract_answer, gsm8k_accuracy, load_gsm8k,
                                         run_verifier_study, split_steps)
 

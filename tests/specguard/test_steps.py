@@ -10,7 +10,8 @@ from specgen.config import GenerationConfig
 from specgen.errors import SpecgenError
 from specgen.generate import encode_prompt, generate
 from specgen.specguard.config import SpecGuardConfig
-from specgen.specguard.steps import check_target, load_specguard_draft, step_to_target_ids, DraftStep
+from specgen.specguard.exchange import DraftStep, step_to_target_ids
+from specgen.specguard.steps import check_target, load_specguard_draft
 
 PROMPT = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 GEN = GenerationConfig(max_new_tokens=18)
