@@ -209,9 +209,9 @@ def save_traces(path: str | Path, traces: list[Trace], key: Mapping[str, Any]) -
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_traces(path: str | Path, key: Mapping[str, Any]) -> list[Trace] | None:
-    """Traces saved by `save_traces` under the same `key`; None when the file is missing or recorded
-    under another key (another model, suite or limit: record again); a SpecgenError when unreadable."""
+def read_traces(path: str | Path) -> dict[str, Any] | None:
+    """The contents of a trace file written by `save_traces`, None when there is none; a one-line
+    SpecgenError when it is not one (checked before any model loads)."""
     from ..errors import SpecgenError
 
     path = Path(path)
@@ -219,14 +219,20 @@ def load_traces(path: str | Path, key: Mapping[str, Any]) -> list[Trace] | None:
         return None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("format") != TRACES_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != TRACES_FORMAT or not isinstance(data.get("traces"), list):
             raise ValueError("unknown format")
-        if data["key"] != dict(key):
-            return None
-        return [Trace(**t) for t in data["traces"]]
+        return data
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
         raise SpecgenError(f"{path}: not a specgen trace file ({type(exc).__name__}); delete it to record "
                            "the traces again") from None
+
+
+def traces_for(data: dict[str, Any] | None, key: Mapping[str, Any]) -> list[Trace] | None:
+    """The traces of a read trace file when recorded under `key` (model identity, suite, limits);
+    None when there is no file or it was recorded under another key (record again)."""
+    if data is None or data.get("key") != dict(key):
+        return None
+    return [Trace(**t) for t in data["traces"]]
 
 
 def replay_plan(methods: tuple[str, ...], index: str | None,

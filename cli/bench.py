@@ -30,11 +30,11 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return items
 
 
-def _budgets(value: str | None) -> tuple[int, ...]:
+def _budgets(value: str | None, flag: str = "--budgets") -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in _csv(value) or ())
     except ValueError:
-        raise SpecgenError(f"--budgets takes integers like 4,8,16, got '{value}'") from None
+        raise SpecgenError(f"{flag} takes integers like 4,8,16, got '{value}'") from None
 
 
 def read_method_config(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -199,7 +199,7 @@ def replay(
     from rich.console import Console
     from rich.table import Table
 
-    from specgen.bench.replay import load_traces, record_suite, replay_methods, replay_plan, save_traces
+    from specgen.bench.replay import read_traces, record_suite, replay_methods, replay_plan, save_traces, traces_for
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.models import load_model
 
@@ -212,14 +212,16 @@ def replay(
     budget_list = _budgets(budgets) or (16,)
     for b in budget_list:
         in_range("budgets", b, 1, MAX_NODE_BUDGET)
+    stored = None
     if traces_path is not None:
         output_file("traces", traces_path)
+        stored = read_traces(traces_path)
     policy = DraftPolicyConfig(mode=draft_policy)
     chosen = replay_plan(_csv(methods) or (), index, read_method_config(method_config))
     console = Console(stderr=True)
     bundle = load_model(model)
     key = {"model": bundle.identity(), "suite": suite, "limit": limit, "max_new_tokens": max_new_tokens}
-    traces = load_traces(traces_path, key) if traces_path is not None else None
+    traces = traces_for(stored, key)
     if traces is None:
         with console.status("recording greedy answers"):
             traces = record_suite(bundle, suite, limit, max_new_tokens)
@@ -236,6 +238,47 @@ def replay(
         o = per_cat["overall"]
         table.add_row(label, *(f"{per_cat[c].tau:.2f}" for c in cats), f"{o.drafted / max(1, o.steps):.1f}")
     Console().print(table)
+
+
+@bench_app.command("cost")
+def cost(model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
+         dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
+         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+         sizes: str = typer.Option("1,2,4,8,16,32", "--sizes", help="Fed tokens per forward, starting at 1."),
+         prefix: int = typer.Option(256, "--prefix", help="Tokens already in the KV cache."),
+         reps: int = typer.Option(3, "--reps", help="Timings per size after a warm-up (the fastest counts)."),
+         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the curve as JSON here.")) -> None:
+    """Verification cost curve: one forward over n tokens relative to one token, on this machine."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from specgen.bench.costcurve import cost_curve
+    from specgen.device import check_dtype_spec, resolve_device
+    from specgen.models import check_model_spec, load_model
+
+    size_list = _budgets(sizes, "--sizes")
+    if not size_list or size_list[0] != 1 or list(size_list) != sorted(set(size_list)):
+        raise SpecgenError("--sizes must be increasing numbers starting at 1, e.g. 1,2,4,8")
+    for n in size_list:
+        in_range("sizes", n, 1, 4096)
+    in_range("prefix", prefix, 1, 1_000_000)
+    in_range("reps", reps, 1, 100)
+    if json_out is not None:
+        output_file("json", json_out)
+    resolve_device(device)
+    check_dtype_spec(dtype)
+    check_model_spec(model)
+    curve = cost_curve(load_model(model, dtype=dtype, device=device), tuple(size_list), prefix, reps)
+    table = Table(title=f"{curve.model} on {curve.device}, {curve.dtype}, {curve.threads} threads, "
+                        f"after {curve.prefix} tokens")
+    table.add_column("fed tokens", justify="right")
+    table.add_column("ms", justify="right")
+    table.add_column("relative to 1", justify="right")
+    for n, s, r in zip(curve.sizes, curve.seconds, curve.relative):
+        table.add_row(str(n), f"{s * 1000:.1f}", f"{r:.2f}")
+    Console().print(table)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(curve.to_dict(), indent=1) + "\n")
 
 
 @bench_app.command("compare")

@@ -171,6 +171,16 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("bench compare", ["bench", "compare", "nothing-a.json", "nothing-b.json"], "cannot read"),
     ("bench compare", ["bench", "compare", "not-json.txt", "not-json.txt"], "not JSON"),
     ("bench kernels", ["bench", "kernels", "--device", "tpu"], "--device"),
+    ("bench replay", ["bench", "replay", "--traces", "not-json.txt"], "not a specgen trace file"),
+    ("bench replay", ["bench", "replay", "--traces", "adir"], "is a folder"),
+    ("bench cost", ["bench", "cost", "--sizes", "2,4"], "--sizes"),
+    ("bench cost", ["bench", "cost", "--sizes", "1,x"], "--sizes"),
+    ("bench cost", ["bench", "cost", "--prefix", "0"], "--prefix"),
+    ("bench cost", ["bench", "cost", "--json", "adir"], "is a folder"),
+    ("bench cost", ["bench", "cost", "--dtype", "int3"], "dtype"),
+    ("generate", G + ["--method", "specguard", "--preset", "nope"], "unknown specguard preset"),
+    ("generate", G + ["--method", "specguard", "--exchange", "morse"], "exchange"),
+    ("generate", G + ["--method", "pld", "--preset", "paper"], "--preset"),
 ]
 
 
@@ -215,7 +225,7 @@ def test_table_covers_every_command_with_at_least_40_rows() -> None:
     commands = {c for c, _, _ in ROWS}
     assert len(ROWS) >= 40
     assert commands >= {"generate", "build-index", "index-info", "bench", "bench self-corpus", "bench replay",
-                        "bench compare", "bench kernels"}
+                        "bench compare", "bench kernels", "bench cost"}
 
 
 @pytest.mark.parametrize("args", [G + ["--temperature", "nan"], G + ["--model", "remote"], ["bench", "--out", "run-corrupt"]])

@@ -78,6 +78,27 @@ def test_replay_all_sums_categories(bundle: Any) -> None:
         replay(get_method("pld").factory(bundle, PLDConfig()), traces[0], 8, sizing=TreeSizingConfig(mode="cost"))
 
 
+def test_saved_traces_round_trip_under_their_key(bundle: Any, tmp_path: Path) -> None:
+    import torch
+
+    from specgen.bench.replay import read_traces, save_traces, traces_for
+
+    tok = bundle.tokenizer
+    a = tok(TEXT, add_special_tokens=False)["input_ids"]
+    traces = [record_trace(bundle, "a", "x", a[:30], a[30:70], -1), record_trace(bundle, "b", "y", a[:50], a[50:90], None)]
+    key = {"model": {"name": "tiny"}, "suite": "s", "limit": 1, "max_new_tokens": 40}
+    path = tmp_path / "tr.pt"
+    assert read_traces(path) is None
+    save_traces(path, traces, key)
+    back = traces_for(read_traces(path), key)
+    assert back is not None and [t.output_ids for t in back] == [t.output_ids for t in traces]
+    assert torch.equal(back[0].hidden, traces[0].hidden) and back[1].hidden is None
+    assert traces_for(read_traces(path), {**key, "limit": 2}) is None  # another key: record again
+    # replaying the loaded traces gives the same statistics as the recorded ones
+    make = lambda: get_method("pld").factory(bundle, PLDConfig())  # noqa: E731
+    assert replay_all(make, back, 8)["overall"].steps == replay_all(make, traces, 8)["overall"].steps
+
+
 @pytest.mark.slow
 def test_replay_cli_on_the_real_model() -> None:
     from typer.testing import CliRunner

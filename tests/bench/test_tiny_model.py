@@ -107,3 +107,13 @@ def test_cli_bench_runs_with_tiny_model(tiny: Any, tiny_suite: Path, tmp_path: P
     assert data["methods"][1]["config"]["num_draft"] == 4
     r2 = CliRunner().invoke(app, ["bench", "compare", str(out), str(out)])
     assert r2.exit_code == 0 and "+0.00" in r2.output
+
+
+def test_cost_curve_on_a_tiny_model(tiny: Any) -> None:
+    from specgen.bench.costcurve import cost_curve
+
+    curve = cost_curve(tiny, sizes=(1, 2, 4), prefix=16, reps=1)
+    assert curve.sizes == (1, 2, 4) and curve.prefix == 16 and curve.relative[0] == 1.0
+    assert list(curve.seconds) == sorted(curve.seconds) and all(s > 0 for s in curve.seconds)
+    d = curve.to_dict()
+    assert d["relative"][0] == 1.0 and d["threads"] >= 1
