@@ -15,6 +15,7 @@ PACKAGES = {
     "specgen.kernels": "kernels",
     "specgen.cli": "cli",
     "specgen.bench": "bench",
+    "specgen.serve": "specgen/serve",
 }
 
 # Pinned and tested together on CPU (Python 3.11). torch comes from the local CPU wheel; the
@@ -33,6 +34,8 @@ INSTALL_REQUIRES = [
     "rich==15.0.0",
     "matplotlib==3.11.2",
     "pyyaml==6.0.3",
+    "fastapi==0.165.0",  # specgen serve
+    "uvicorn==0.54.0",
 ]
 
 setup(
@@ -45,7 +48,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "gpu": ["faiss-gpu==1.15.1"],
-        "test": ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0", "openai==3.57.0"],  # the server tests drive it with the official client
     },
     entry_points={"console_scripts": ["specgen=specgen.cli.main:main"]},
 )

@@ -232,9 +232,10 @@ def render_stats(stats: Any, compare: dict[str, Any] | None = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from . import bench, index
+    from . import bench, index, serve
 
     index.register(app)
+    serve.register(app)
     app.add_typer(bench.bench_app, name="bench", help="Benchmark methods side by side on real data.")
 
 

@@ -41,11 +41,18 @@ def encode_prompt(tokenizer: Any, prompt: str, *, raw: bool = False, system: str
         raise SpecgenError("empty prompt")
     if not raw and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # BatchEncoding in transformers 5
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
+        return encode_messages(tokenizer, messages)
     return [int(t) for t in tokenizer(prompt, add_special_tokens=True)["input_ids"]]
+
+
+def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a chat (role/content dicts) through the tokenizer's chat template, ready for the reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SpecgenError("this model has no chat template: use a raw prompt (completions) instead")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # BatchEncoding in transformers 5
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
 
 
 class TextStream:

@@ -181,6 +181,14 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("generate", G + ["--method", "specguard", "--preset", "nope"], "unknown specguard preset"),
     ("generate", G + ["--method", "specguard", "--exchange", "morse"], "exchange"),
     ("generate", G + ["--method", "pld", "--preset", "paper"], "--preset"),
+    ("serve", ["serve", "--host", "0.0.0.0"], "--api-key"),
+    ("serve", ["serve", "--port", "70000"], "--port"),
+    ("serve", ["serve", "--method", "beam"], "unknown method"),
+    ("serve", ["serve", "--index", "missing-index"], "--index"),
+    ("serve", ["serve", "--api-key", " "], "--api-key"),
+    ("serve", ["serve", "--max-queue", "0"], "--max-queue"),
+    ("serve", ["serve", "--device", "tpu"], "--device"),
+    ("serve", ["serve", "--model", "remote"], "does not run"),
 ]
 
 
@@ -225,7 +233,7 @@ def test_table_covers_every_command_with_at_least_40_rows() -> None:
     commands = {c for c, _, _ in ROWS}
     assert len(ROWS) >= 40
     assert commands >= {"generate", "build-index", "index-info", "bench", "bench self-corpus", "bench replay",
-                        "bench compare", "bench kernels", "bench cost"}
+                        "bench compare", "bench kernels", "bench cost", "serve"}
 
 
 @pytest.mark.parametrize("args", [G + ["--temperature", "nan"], G + ["--model", "remote"], ["bench", "--out", "run-corrupt"]])

@@ -1,0 +1,63 @@
+"""ServeConfig: what `specgen serve` runs (model, default method and its options) and how it listens."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SpecgenError
+from ..validate import check_fields, in_range
+
+MAX_BODY_BYTES = 1 << 20  # a request body larger than this is refused with 413
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The server's settings.
+
+    method: the default method of a request (a request may name another in its `method` field);
+    method_options: per method, config field -> value (as `--method-config` gives them), used for
+    that method whether it is the default or a per-request override. api_key: when set, every
+    request needs `Authorization: Bearer <key>`; without one the server binds only to loopback.
+    """
+
+    model: str | None = None
+    method: str = "pld"
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 8  # requests admitted at once; the rest wait in the queue
+    max_queue: int = 256  # waiting requests beyond this are refused with 429
+    api_key: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        in_range("port", self.port, 0, 65535)
+        in_range("max_batch_size", self.max_batch_size, 1, 1024)
+        in_range("max_queue", self.max_queue, 1, 1_000_000)
+        in_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)
+        if self.api_key is not None and not self.api_key.strip():
+            raise SpecgenError("--api-key must not be empty")
+        if self.api_key is None and not is_loopback(self.host):
+            raise SpecgenError(f"--host {self.host} is reachable from other machines: give --api-key, or bind "
+                               "to 127.0.0.1")
+
+    @property
+    def served_name(self) -> str:
+        """The model id clients name in requests and `GET /v1/models` lists."""
+        from ..catalog import DEFAULT_MODEL
+
+        return self.model or DEFAULT_MODEL
