@@ -76,3 +76,17 @@ def test_a_client_that_disconnects_frees_the_server(server: RunningServer) -> No
         time.sleep(0.05)
     assert server.app.state.metrics.running == 0 and worker.jobs.qsize() == 0
     assert time.time() - t0 < 20
+
+
+def test_concurrency_bench_measures_every_method_and_level(real_bundle: Any, tmp_path: Any) -> None:
+    from specgen.bench.concurrency import ConcurrencyConfig, plot_speedup, run_concurrency
+
+    prompts = ["Name a fruit.", "Say hello in French.", "What is 3 + 4?"]
+    rows = run_concurrency(real_bundle, prompts, ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6))
+    assert [(r.method, r.concurrency) for r in rows] == [("ar", 1), ("ar", 2), ("pld", 1), ("pld", 2)]
+    for r in rows:
+        assert r.requests == 3 and 3 <= r.tokens <= 18 and r.wall_s > 0 and r.latency_p95 >= r.latency_p50 > 0
+        assert r.identical_to_ar == 3  # greedy, lossless: the same answers as ar under load
+    assert all(r.speedup == 1.0 for r in rows if r.method == "ar") and all(r.speedup > 0 for r in rows)
+    plot_speedup(rows, str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -1,0 +1,151 @@
+"""`specgen bench --concurrency 1,2,4,8`: the real server under that many concurrent clients.
+
+The server (`specgen.serve`) runs in this process on a free loopback port; for each method and
+concurrency c, c clients (the official `openai` client, streaming, greedy) share the same prompts
+(the suite's first turns) and send them as fast as they are answered. Per (method, c): output
+tokens/s over the whole wave, per-request latency p50/p95, time to first token p50, and the speedup
+over `ar` at the same concurrency. Methods run one after another, each on an idle server, and every
+answer is checked against `ar`'s at the same concurrency (greedy lossless methods must match).
+"""
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import SpecgenError
+
+
+@dataclass(frozen=True)
+class ConcurrencyConfig:
+    levels: tuple[int, ...] = (1, 2, 4, 8)
+    methods: tuple[str, ...] = ("ar", "pld", "sense")
+    max_new_tokens: int = 64
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.levels or min(self.levels) < 1 or max(self.levels) > 256:
+            raise SpecgenError("--concurrency takes client counts between 1 and 256, e.g. 1,2,4,8")
+
+
+@dataclass
+class Row:
+    method: str
+    concurrency: int
+    requests: int
+    tokens: int
+    wall_s: float
+    latency_p50: float
+    latency_p95: float
+    ttft_p50: float
+    identical_to_ar: int  # answers equal to ar's at this concurrency
+    speedup: float = 0.0  # tokens/s over ar's at this concurrency
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "tokens_per_s": round(self.tokens_per_s, 3)}
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def _one(client: Any, model: str, prompt: str, method: str, max_tokens: int) -> tuple[str, int, float, float]:
+    """(text, completion tokens, latency s, TTFT s) of one streamed chat request."""
+    t0 = time.perf_counter()
+    ttft, parts, tokens = None, [], 0
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                            max_tokens=max_tokens, temperature=0, stream=True,
+                                            extra_body={"method": method})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            ttft = ttft if ttft is not None else time.perf_counter() - t0
+            parts.append(chunk.choices[0].delta.content)
+        if getattr(chunk, "usage", None) is not None:
+            tokens = chunk.usage.completion_tokens
+    latency = time.perf_counter() - t0
+    return "".join(parts), tokens, latency, ttft if ttft is not None else latency
+
+
+def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
+                    progress: Callable[[str], None] | None = None) -> list[Row]:
+    """Every (method, concurrency) wave over `prompts`; rows in method order, then concurrency."""
+    import openai
+    import uvicorn
+
+    from ..serve.app import create_app
+    from ..serve.config import ServeConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve_cfg = ServeConfig(method="ar", method_options=cfg.method_options, port=port,
+                            max_queue=max(256, 2 * max(cfg.levels)))
+    server = uvicorn.Server(uvicorn.Config(create_app(bundle, serve_cfg), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise SpecgenError("the benchmark server did not start")
+        time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0, timeout=3600)
+    methods = ("ar",) + tuple(m for m in cfg.methods if m != "ar")
+    rows: list[Row] = []
+    answers: dict[int, list[str]] = {}
+    try:
+        _one(client, serve_cfg.served_name, prompts[0], "ar", 8)  # warm-up (cost profile, caches)
+        for method in methods:
+            for c in cfg.levels:
+                if progress:
+                    progress(f"{method} at concurrency {c}")
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=c) as pool:
+                    got = list(pool.map(lambda p: _one(client, serve_cfg.served_name, p, method, cfg.max_new_tokens),
+                                        prompts))
+                wall = time.perf_counter() - t0
+                texts = [g[0] for g in got]
+                if method == "ar":
+                    answers[c] = texts
+                lat, ttft = [g[2] for g in got], [g[3] for g in got]
+                rows.append(Row(method, c, len(got), sum(g[1] for g in got), wall, statistics.median(lat),
+                                _quantile(lat, 0.95), statistics.median(ttft),
+                                sum(a == b for a, b in zip(texts, answers[c]))))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+    base = {r.concurrency: r.tokens_per_s for r in rows if r.method == "ar"}
+    for r in rows:
+        r.speedup = r.tokens_per_s / base[r.concurrency] if base.get(r.concurrency) else 0.0
+    return rows
+
+
+def plot_speedup(rows: list[Row], path: str) -> None:
+    """Speedup over ar against concurrency, one line per method (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r.method for r in rows):
+        pts = [(r.concurrency, r.speedup) for r in rows if r.method == method]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("output tokens/s over ar")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
