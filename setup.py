@@ -46,6 +46,7 @@ setup(
     packages=list(PACKAGES),
     package_dir=PACKAGES,
     install_requires=INSTALL_REQUIRES,
+    package_data={"specgen": ["data/paraphrase.jsonl", "data/LICENSE.paraphrase"]},
     extras_require={
         "gpu": ["faiss-gpu==1.15.1"],
         "test": ["pytest==9.2.0", "openai==3.57.0"],  # the server tests drive it with the official client

@@ -185,7 +185,17 @@ def record_suite(bundle: Any, suite: str, limit: int | None, max_new_tokens: int
     from .selfcorpus import held_out
     from .suites import load_suite
 
-    questions = held_out(load_suite(suite, None), 0, limit)
+    return record_questions(bundle, held_out(load_suite(suite, None), 0, limit), max_new_tokens, layer=layer,
+                            progress=progress)
+
+
+def record_questions(bundle: Any, questions: list[Any], max_new_tokens: int, *, layer: int | None = -1,
+                     progress: Callable[[int, int], None] | None = None) -> list[Trace]:
+    """Greedy traces of `questions` (first turn, chat template), as `record_suite` records a suite's."""
+    from ..config import GenerationConfig
+    from ..generate import generate
+    from .runner import chat_ids, question_stop
+
     traces = []
     for i, q in enumerate(questions):
         ids = chat_ids(bundle.tokenizer, q, [], 0)

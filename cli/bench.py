@@ -91,6 +91,10 @@ def bench(
                                                            "vs gold reasoning steps, instead of a decoding run."),
     concurrency: Optional[str] = typer.Option(None, "--concurrency", help="e.g. 1,2,4,8: the server under that many "
                                                                           "concurrent clients per method (tokens/s, latency)."),
+    split: str = typer.Option("eval", "--split", help="--suite paraphrase: tune | eval | all (pairs decoded; the "
+                                                      "datastore holds the answers to that split's originals)."),
+    pairs_path: Optional[Path] = typer.Option(None, "--pairs", help="--suite paraphrase: your own pairs JSONL "
+                                                                    "(original, paraphrase[, id, category, split])."),
 ) -> None:
     """Run the benchmark (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
@@ -111,12 +115,29 @@ def bench(
     from specgen.bench.runner import BenchConfig, run_bench
 
     out_dir = str(out) if out is not None and not str(out).endswith(".json") else None
+    console = Console(stderr=True)
+    bundle = questions = None
+    if suite == "paraphrase":  # the datastore is the target's answers to the originals: built (once) first
+        from specgen.bench.paraphrase import ensure_datastore, load_pairs, paraphrase_questions, split_pairs
+        from specgen.models import check_model_spec, load_model
+
+        pairs = split_pairs(load_pairs(pairs_path), split)
+        if not pairs:
+            raise SpecgenError(f"--suite paraphrase: no pairs in split '{split}'")
+        BenchConfig(suite=suite, methods=_csv(methods), limit=limit or None, model=model, dtype=dtype, device=device,
+                    max_new_tokens=max_new_tokens, index=index, out_dir=out_dir, method_options=read_method_config(method_config))
+        check_model_spec(model)
+        bundle = load_model(model, dtype=dtype, device=device)
+        with console.status("paraphrase datastore") as status:
+            index = index or str(ensure_datastore(bundle, pairs, progress=lambda what: status.update(what)))
+        questions = paraphrase_questions(pairs, limit or None)
+        methods = methods or "ar,pld,rest,sense,sense-gate"
+        suite = f"paraphrase:{split}" + ("" if pairs_path is None else f":{pairs_path}")
     config = BenchConfig(suite=suite, methods=_csv(methods), limit=limit or None, model=model, dtype=dtype, device=device,
                          max_new_tokens=max_new_tokens, peers=peers, method_options=read_method_config(method_config),
                          index=index, out_dir=out_dir, warmup=warmup, seed=seed, temperature=temperature, turns=turns,
                          budgets=_budgets(budgets), draft_policy=draft_policy,
                          tree_sizing=tree_sizing)
-    console = Console(stderr=True)
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("loading", total=None)
@@ -124,7 +145,7 @@ def bench(
         def progress(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what)
 
-        result = run_bench(config, progress=progress)
+        result = run_bench(config, progress=progress, bundle=bundle, questions=questions)
     stdout = Console()
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -254,12 +275,15 @@ def replay(
     method_config: Optional[Path] = typer.Option(None, "--method-config", help="YAML/JSON options per method (as for bench)."),
     traces_path: Optional[Path] = typer.Option(None, "--traces", help="Cache the recorded answers here: reused when "
                                                "model, suite, limit and length match, else recorded and written."),
+    split: str = typer.Option("tune", "--split", help="--suite paraphrase: tune (default: tune here, report on eval "
+                                                      "with `bench`) | eval | all."),
+    pairs_path: Optional[Path] = typer.Option(None, "--pairs", help="--suite paraphrase: your own pairs JSONL."),
 ) -> None:
     """Offline tau of lossless drafters on the target's recorded greedy answers (no timing: see `bench`)."""
     from rich.console import Console
     from rich.table import Table
 
-    from specgen.bench.replay import read_traces, record_suite, replay_methods, replay_plan, save_traces, traces_for
+    from specgen.bench.replay import read_traces, record_questions, record_suite, replay_methods, replay_plan, save_traces, traces_for
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.models import load_model
 
@@ -277,14 +301,29 @@ def replay(
         output_file("traces", traces_path)
         stored = read_traces(traces_path)
     policy = DraftPolicyConfig(mode=draft_policy)
-    chosen = replay_plan(_csv(methods) or (), index, read_method_config(method_config))
+    pairs = None
+    if suite == "paraphrase":
+        from specgen.bench.paraphrase import ensure_datastore, load_pairs, paraphrase_questions, split_pairs
+
+        pairs = split_pairs(load_pairs(pairs_path), split)
+        if not pairs:
+            raise SpecgenError(f"--suite paraphrase: no pairs in split '{split}'")
     console = Console(stderr=True)
-    bundle = load_model(model)
-    key = {"model": bundle.identity(), "suite": suite, "limit": limit, "max_new_tokens": max_new_tokens}
+    bundle = None
+    if pairs is not None and index is None:  # the datastore of the split's originals: resolved before planning
+        bundle = load_model(model)
+        with console.status("paraphrase datastore") as status:
+            index = str(ensure_datastore(bundle, pairs, progress=lambda what: status.update(what)))
+    chosen = replay_plan(_csv(methods) or (), index, read_method_config(method_config))
+    if bundle is None:
+        bundle = load_model(model)
+    key = {"model": bundle.identity(), "suite": suite if pairs is None else f"paraphrase:{split}:{pairs_path}",
+           "limit": limit, "max_new_tokens": max_new_tokens}
     traces = traces_for(stored, key)
     if traces is None:
         with console.status("recording greedy answers"):
-            traces = record_suite(bundle, suite, limit, max_new_tokens)
+            traces = (record_suite(bundle, suite, limit, max_new_tokens) if pairs is None else
+                      record_questions(bundle, paraphrase_questions(pairs, limit), max_new_tokens))
         if traces_path is not None:
             save_traces(traces_path, traces, key)
     results = replay_methods(bundle, traces, chosen, budget_list, policy)
