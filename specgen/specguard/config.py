@@ -16,6 +16,15 @@ changed, delimiter "\n"; 307 pairs from 90 problems):
   0.667), and drops at 0.5 (0.66 raw, 0.62 z-scored).
 - `tau=0.45`: on the 40-problem subset it accepts 38% of gold steps and 17% of corrupted ones
   (0.40: 61% / 36%).
+
+Checked again with Qwen2.5-Coder-1.5B-Instruct as the scorer (the target of the Qwen pair; `specgen
+bench --suite gsm8k --verifier --limit 40 --model qwen2.5-coder-1.5b`: 142 pairs from 40 problems):
+confidence AUROC 0.751 (mean_exp; gold beats its twin 99%) and 0.823 (min; 80%), grounding 0.50
+(min, quantile, mean: still no signal), ensemble 0.757. These defaults accept 46% of gold steps and
+8% of corrupted ones; the "paper" preset (grounding higher = better, C >= 0.4 and G >= 0.3) 52% and
+13%; confidence `min` with a threshold of 0.01, 29% and 1%. The defaults stay: on this pair they
+keep corrupted steps out as well as confidence alone does, at the highest gold rate among rules
+that do.
 """
 from __future__ import annotations
 
