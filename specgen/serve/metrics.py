@@ -61,6 +61,12 @@ class ServerMetrics:
         self.running = 0
         self.waiting = 0
 
+    def queued(self, waiting: int = 0, running: int = 0) -> None:
+        """Move the waiting / running gauges (the HTTP side and the worker both do)."""
+        with self.lock:
+            self.waiting += waiting
+            self.running += running
+
     def finished(self, spec: dict[str, Any], prompt_tokens: int, completion_tokens: int, reason: str,
                  latency_s: float, ttft_s: float | None) -> None:
         """Fold in one finished request (its per-request `spec_decode` dict)."""

@@ -80,7 +80,7 @@ class Worker:
         if self.jobs.qsize() >= self.cfg.max_queue:
             raise APIError(429, "too many requests are waiting; retry later", kind="rate_limit_error")
         handle = Handle(job, post)
-        self.metrics.waiting += 1
+        self.metrics.queued(waiting=1)
         self.jobs.put(handle)
         return handle
 
@@ -99,14 +99,14 @@ class Worker:
             handle = self.jobs.get()
             if handle is None:
                 return
-            self.metrics.waiting -= 1
+            self.metrics.queued(waiting=-1)
             if handle.cancelled.is_set():
                 continue
-            self.metrics.running += 1
+            self.metrics.queued(running=1)
             try:
                 self._run(handle)
             finally:
-                self.metrics.running -= 1
+                self.metrics.queued(running=-1)
 
     def _run(self, handle: Handle) -> None:
         from ..generate import generate
