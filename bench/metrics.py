@@ -110,6 +110,7 @@ def group_metrics(records: list[Record], ar_records: list[Record]) -> dict[str, 
         "speedup": tps / ar_tps if tps is not None and ar_tps else None,
         "identical_to_ar": _mean(None if r.get("identical_to_ar") is None else float(r["identical_to_ar"]) for r in records),
         "exact_match_ar": _mean(None if r.get("exact_match_ar") is None else float(r["exact_match_ar"]) for r in records),
+        "rouge_l_ar": _mean(r.get("rouge_l_ar") for r in records),
         "gsm8k_accuracy": _mean(None if r.get("correct") is None else float(r["correct"]) for r in records),
         "pass_at_1": _mean(None if r.get("passed") is None else float(r["passed"]) for r in records),
         "time_split": time_split(records),
@@ -117,6 +118,25 @@ def group_metrics(records: list[Record], ar_records: list[Record]) -> dict[str, 
         "mean_latency_s": wall / len(records) if records else None,
         "recomputed_step_fraction": recomputed_fraction(records),
     }
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over whitespace words (Lin, 2004): the longest common subsequence of the two texts,
+    as the harmonic mean of its share of each; 1.0 for identical texts, 0.0 when nothing is shared."""
+    a, b = candidate.split(), reference.split()
+    if not a or not b:
+        return 1.0 if a == b else 0.0
+    prev = [0] * (len(b) + 1)  # LCS lengths, one row of the DP table at a time
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
 
 
 def recomputed_fraction(records: list[Record]) -> float | None:

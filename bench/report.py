@@ -74,6 +74,8 @@ def metrics_table(metrics: dict[str, Any], category: str, title: str | None = No
         quality += [f"pass@1 {m['pass_at_1']:.0%}"] if m.get("pass_at_1") is not None else []
         if m.get("exact_match_ar") is not None and method != "ar":
             quality.append(f"em {m['exact_match_ar']:.0%}")
+            if m.get("rouge_l_ar") is not None and m["exact_match_ar"] < 1.0:
+                quality.append(f"rouge-l {m['rouge_l_ar']:.2f}")
         if m.get("recomputed_step_fraction") is not None:
             quality.append(f"recomputed {m['recomputed_step_fraction']:.0%}")
         split = m.get("time_split") or {}

@@ -24,6 +24,7 @@ from ..errors import Interrupted, SpecgenError
 from ..device import check_device_spec, check_dtype_spec, resolve_device
 from ..validate import check_fields, in_range, input_path, output_dir
 from .humaneval import check_completion
+from .metrics import rouge_l
 from .records import RecordStore, run_settings
 from .suites import Question, gsm8k_answer, load_suite, normalise_number
 
@@ -272,6 +273,7 @@ def make_record(run: MethodRun, question: Question, turn: int, result: Any, mode
 def _mark_vs_ar(rec: Record, ar: Record | None) -> None:
     rec["identical_to_ar"] = None if ar is None else rec["token_ids"] == ar["token_ids"]
     rec["exact_match_ar"] = None if ar is None else rec["text"].strip() == ar["text"].strip()
+    rec["rouge_l_ar"] = None if ar is None else rouge_l(rec["text"], ar["text"])  # a lossy method's quality
 
 
 def _default_generate(target: Any, prompt_ids: list[int], **kw: Any) -> Any:

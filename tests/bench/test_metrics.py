@@ -93,3 +93,37 @@ def test_recomputed_fraction_and_latency() -> None:
             "position_drafted": [5], "position_accepted": [5], "tokens_per_s": 5.0}
     m = group_metrics([{**base, "wall_time": 2.0}, {**base, "wall_time": 4.0}], [])
     assert m["mean_latency_s"] == 3.0 and m["recomputed_step_fraction"] is None
+
+
+def _lcs_brute(a: list[str], b: list[str]) -> int:
+    import itertools
+
+    for n in range(min(len(a), len(b)), 0, -1):
+        subs = {c for c in itertools.combinations(a, n)}
+        if any(c in subs for c in itertools.combinations(b, n)):
+            return n
+    return 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rouge_l_matches_a_brute_force_lcs(seed: int) -> None:
+    import random
+
+    from specgen.bench.metrics import rouge_l
+
+    rng = random.Random(seed)
+    words = ["a", "b", "c", "d"]
+    a = [rng.choice(words) for _ in range(rng.randint(1, 7))]
+    b = [rng.choice(words) for _ in range(rng.randint(1, 7))]
+    lcs = _lcs_brute(a, b)
+    want = 0.0 if lcs == 0 else 2 * (lcs / len(a)) * (lcs / len(b)) / (lcs / len(a) + lcs / len(b))
+    assert rouge_l(" ".join(a), " ".join(b)) == pytest.approx(want)
+
+
+def test_rouge_l_extremes() -> None:
+    from specgen.bench.metrics import rouge_l
+
+    assert rouge_l("the cat sat", "the cat sat") == 1.0
+    assert rouge_l("x y", "p q") == 0.0
+    assert rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
+    assert rouge_l("", "") == 1.0 and rouge_l("", "a") == 0.0
