@@ -62,7 +62,8 @@ def metrics_table(metrics: dict[str, Any], category: str, title: str | None = No
 
     table = Table(title=title or category, title_justify="left",
                   caption="tau: tokens/step (bonus incl.); accept: drafted tokens accepted; speedup: mean tok/s / ar's; "
-                          "=ar: token-identical to ar; em: same text as ar; rouge-l: ROUGE-L F1 vs ar; answer acc: numeric answers right (GSM8K, math); "
+                          "=ar: token-identical to ar; em: same text as ar; rouge-l: ROUGE-L F1 vs ar; "
+                          "answer acc: numeric answers right (GSM8K, math); "
                           "p/v/o: propose/verify/other share of time")
     for col in ("method", "n", "tau", "accept", "tok/s", "speedup", "=ar", "quality", "p/v/o time"):
         table.add_column(col, justify="left" if col == "method" else "right")
