@@ -128,12 +128,7 @@ class DraftModelProposer(Proposer):
         if self.tree_nodes is not None:
             self._keep_accepted_path(tokens)
         # Keep the draft's cache only up to where its fed tokens still agree with the context.
-        common = 0
-        for a, b in zip(self.fed, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # the pending token is fed at the next propose
+        common = min(adapter.common_prefix(self.fed, tokens), len(tokens) - 1)  # the pending token is fed next
         if common < len(self.fed):
             adapter.crop_cache(self.cache, common)
             self.fed = self.fed[:common]
