@@ -171,7 +171,6 @@ def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, d
     from specgen.proposers.registry import available_methods, make_config
 
     in_range("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
-    cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens)
     for m in methods:
         if m not in available_methods():
             raise SpecgenError(f"unknown method '{m}' (choose from {', '.join(available_methods())})")
@@ -182,7 +181,7 @@ def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, d
         merged.setdefault(m, {}).update(opts)
     for m in methods:
         make_config(m, dict(merged.get(m, {})))  # bad options: one line before the model loads
-    cfg = ConcurrencyConfig(levels=cfg.levels, methods=cfg.methods, max_new_tokens=max_new_tokens, method_options=merged)
+    cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged)
     resolve_device(device)
     check_dtype_spec(dtype)
     check_model_spec(model)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import SpecgenError
+from ..proposers.registry import available_methods, draft_name, make_config
 from .config import ServeConfig
 from .metrics import ServerMetrics
 from .protocol import APIError, Job, spec_metrics
@@ -45,8 +46,6 @@ class Worker:
     """Decodes submitted jobs on one thread with the server's model, method configs and drafts."""
 
     def __init__(self, bundle: Any, cfg: ServeConfig, metrics: ServerMetrics) -> None:
-        from ..proposers.registry import available_methods, draft_name, make_config
-
         self.bundle, self.cfg, self.metrics = bundle, cfg, metrics
         self.methods = tuple(available_methods())
         self.configs: dict[str, Any] = {}
@@ -59,7 +58,6 @@ class Worker:
         if cfg.method not in self.configs:
             raise SpecgenError(self.config_errors.get(cfg.method, f"unknown method '{cfg.method}'"))
         self.drafts: dict[str, Any] = {}
-        self._draft_name = draft_name
         self.jobs: "queue.Queue[Handle | None]" = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="specgen-worker", daemon=True)
 
@@ -85,7 +83,7 @@ class Worker:
         return handle
 
     def _draft(self, method: str) -> Any:
-        name = self._draft_name(self.configs[method], self.bundle.name)
+        name = draft_name(self.configs[method], self.bundle.name)
         if name is None:
             return None
         if name not in self.drafts:  # loaded once, on the worker thread, on first use

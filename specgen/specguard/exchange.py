@@ -49,8 +49,7 @@ class Exchange(Protocol):
 def _generate(draft: Any, ids: torch.Tensor, cfg: SpecGuardConfig, max_new: int, seed: int, k: int,
               cache: Any = None) -> torch.Tensor:
     """[k, L + t] from HF `generate`: k samples (one greedy when k == 1 at temperature 0) of ids [k, L]."""
-    tok, eos = draft.tokenizer, draft.eos_ids
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos) if eos else 0)
+    tok, eos, pad = draft.tokenizer, draft.eos_ids, _pad_id(draft)
     sampling: dict[str, Any] = (dict(do_sample=True, temperature=cfg.draft_temperature, top_k=0, top_p=1.0)
                                 if cfg.draft_temperature > 0 else dict(do_sample=False))
     extra: dict[str, Any] = {} if cache is None else {"past_key_values": cache}
@@ -71,6 +70,17 @@ def _embed(draft: Any, ids: list[int], pad: int) -> torch.Tensor:
 def _pad_id(draft: Any) -> int:
     tok, eos = draft.tokenizer, draft.eos_ids
     return tok.pad_token_id if tok.pad_token_id is not None else (min(eos) if eos else 0)
+
+
+def _samples(cfg: SpecGuardConfig) -> int:
+    """Candidates per step: `candidates` samples, or one greedy step at draft temperature 0."""
+    return cfg.candidates if cfg.draft_temperature > 0 else 1
+
+
+def _until_eos(row: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    """A generated row up to its first EOS id (exclusive), and whether one occurred."""
+    end = next((i for i, t in enumerate(row) if t in eos), None)
+    return (row, False) if end is None else (row[:end], True)
 
 
 def cut_at_delimiter(tokenizer: Any, ids: list[int], delimiter: str) -> list[int]:
@@ -99,7 +109,7 @@ class TokenExchange:
         keep = min(common, len(context) - 1)  # generate needs at least one uncached token
         adapter.crop_cache(self.cache, keep)
         self.fed = self.fed[:keep]
-        k = self.cfg.candidates if self.cfg.draft_temperature > 0 else 1
+        k = _samples(self.cfg)
         ids = torch.tensor([context] * k, dtype=torch.long, device=self.draft.model.device)  # [k, L]
         self.rows = adapter.repeat_cache(self.cache, k)
         out = _generate(self.draft, ids, self.cfg, max_new, seed, k, cache=self.rows)  # [k, L + t]
@@ -107,12 +117,11 @@ class TokenExchange:
         steps, vectors, self.row_ids = [], [], []
         target_eos = self.target.tokenizer.eos_token_id
         for row in out[:, len(context):].tolist():
-            end = next((i for i, t in enumerate(row) if t in eos), None)
-            new = row if end is None else row[:end]
+            new, hit_eos = _until_eos(row, eos)
             step = cut_at_delimiter(tok, new, self.cfg.step_delimiter)
             text = tok.decode(step, skip_special_tokens=True)
             # a row stopped at the delimiter is padded with the EOS id: an end only without the delimiter
-            ended = end is not None and self.cfg.step_delimiter not in text
+            ended = hit_eos and self.cfg.step_delimiter not in text
             self.row_ids.append(step)
             ids_t = tuple(step) + ((int(target_eos),) if ended and target_eos is not None else ())
             steps.append(DraftStep(text, ended, len(new), ids_t))
@@ -142,16 +151,15 @@ class TextExchange:
         tok, eos, pad = self.draft.tokenizer, self.draft.eos_ids, _pad_id(self.draft)
         out_text = self.target.tokenizer.decode(out_ids, skip_special_tokens=True)
         context = self.draft_prompt + tok(out_text, add_special_tokens=False)["input_ids"]
-        k = self.cfg.candidates if self.cfg.draft_temperature > 0 else 1
+        k = _samples(self.cfg)
         ids = torch.tensor([context], dtype=torch.long, device=self.draft.model.device)  # [1, L]
         out = _generate(self.draft, ids, self.cfg, max_new, seed, k)  # [k, L + t]
         steps, vectors = [], []
         for row in out[:, ids.shape[1]:].tolist():
-            end = next((i for i, t in enumerate(row) if t in eos), None)
-            new = row if end is None else row[:end]
+            new, hit_eos = _until_eos(row, eos)
             text = tok.decode(new, skip_special_tokens=True)
             at = text.find(self.cfg.step_delimiter)
-            ended = end is not None and at < 0
+            ended = hit_eos and at < 0
             if at >= 0:
                 text = text[: at + len(self.cfg.step_delimiter)]
             step = DraftStep(text, ended, len(new))
