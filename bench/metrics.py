@@ -111,6 +111,7 @@ def group_metrics(records: list[Record], ar_records: list[Record]) -> dict[str, 
         "identical_to_ar": _mean(None if r.get("identical_to_ar") is None else float(r["identical_to_ar"]) for r in records),
         "exact_match_ar": _mean(None if r.get("exact_match_ar") is None else float(r["exact_match_ar"]) for r in records),
         "rouge_l_ar": _mean(r.get("rouge_l_ar") for r in records),
+        "embed_cos_ar": _mean(r.get("embed_cos_ar") for r in records),
         "gsm8k_accuracy": _mean(None if r.get("correct") is None else float(r["correct"]) for r in records),
         "pass_at_1": _mean(None if r.get("passed") is None else float(r["passed"]) for r in records),
         "time_split": time_split(records),
@@ -137,6 +138,22 @@ def rouge_l(candidate: str, reference: str) -> float:
         return 0.0
     p, r = lcs / len(a), lcs / len(b)
     return 2 * p * r / (p + r)
+
+
+def embedding_cosine(model: Any, a: list[int], b: list[int]) -> float:
+    """Cosine of the target's own sentence embeddings of two answers (each answer's token ids alone,
+    final-layer hidden states mean-pooled): a reference-free closeness beside ROUGE-L that credits
+    wording the target reads the same way. 1.0 for identical answers (no forward)."""
+    import torch
+
+    if a == b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    with torch.inference_mode():
+        pooled = [model.get_decoder()(input_ids=torch.tensor([ids], device=model.device)).last_hidden_state[0].float().mean(0)
+                  for ids in (a, b)]  # 2 x [H]
+    return float(torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0))
 
 
 def recomputed_fraction(records: list[Record]) -> float | None:

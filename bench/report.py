@@ -63,6 +63,7 @@ def metrics_table(metrics: dict[str, Any], category: str, title: str | None = No
     table = Table(title=title or category, title_justify="left",
                   caption="tau: tokens/step (bonus incl.); accept: drafted tokens accepted; speedup: mean tok/s / ar's; "
                           "=ar: token-identical to ar; em: same text as ar; rouge-l: ROUGE-L F1 vs ar; "
+                          "cos: cosine of the target's mean-pooled embeddings of the answer and ar's; "
                           "answer acc: numeric answers right (GSM8K, math); "
                           "p/v/o: propose/verify/other share of time")
     for col in ("method", "n", "tau", "accept", "tok/s", "speedup", "=ar", "quality", "p/v/o time"):
@@ -77,6 +78,8 @@ def metrics_table(metrics: dict[str, Any], category: str, title: str | None = No
             quality.append(f"em {m['exact_match_ar']:.0%}")
             if m.get("rouge_l_ar") is not None and m["exact_match_ar"] < 1.0:
                 quality.append(f"rouge-l {m['rouge_l_ar']:.2f}")
+            if m.get("embed_cos_ar") is not None and m["exact_match_ar"] < 1.0:
+                quality.append(f"cos {m['embed_cos_ar']:.3f}")
         if m.get("recomputed_step_fraction") is not None:
             quality.append(f"recomputed {m['recomputed_step_fraction']:.0%}")
         split = m.get("time_split") or {}

@@ -24,7 +24,7 @@ from ..errors import Interrupted, SpecgenError
 from ..device import check_device_spec, check_dtype_spec, resolve_device
 from ..validate import check_fields, in_range, input_path, output_dir
 from .humaneval import check_completion
-from .metrics import rouge_l
+from .metrics import embedding_cosine, rouge_l
 from .records import RecordStore, run_settings
 from .suites import Question, gsm8k_answer, load_suite, normalise_number
 
@@ -40,6 +40,7 @@ INDEX_FIELDS = ("index", "index_path", "index_dir")
 # lossless ones in one run: SENSE's soft gate, SpecGuard's single-signal ablations (issue 5).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sense-gate": ("sense", {"gate_enabled": True}),
+    "sense-gate-hidden": ("sense", {"gate_enabled": True, "gate_signal": "hidden"}),
     "specguard-conf": ("specguard", {"signals": "confidence"}),
     "specguard-ground": ("specguard", {"signals": "grounding"}),
     "specguard-paper": ("specguard", {"preset": "paper"}),
@@ -270,10 +271,11 @@ def make_record(run: MethodRun, question: Question, turn: int, result: Any, mode
     return base
 
 
-def _mark_vs_ar(rec: Record, ar: Record | None) -> None:
+def _mark_vs_ar(rec: Record, ar: Record | None, model: Any = None) -> None:
     rec["identical_to_ar"] = None if ar is None else rec["token_ids"] == ar["token_ids"]
     rec["exact_match_ar"] = None if ar is None else rec["text"].strip() == ar["text"].strip()
     rec["rouge_l_ar"] = None if ar is None else rouge_l(rec["text"], ar["text"])  # a lossy method's quality
+    rec["embed_cos_ar"] = None if ar is None or model is None else embedding_cosine(model, rec["token_ids"], ar["token_ids"])
 
 
 def _default_generate(target: Any, prompt_ids: list[int], **kw: Any) -> Any:
@@ -357,7 +359,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
                         ids = chat_ids(bundle.tokenizer, q, answers, turn)
                         rec = make_record(run, q, turn, call(run, ids, config.max_new_tokens, question_stop(bundle.tokenizer, q)), model_name)
                         ar_rec = rec if run.label == "ar" else (ar_group[turn] if ar_group and turn < len(ar_group) else None)
-                        _mark_vs_ar(rec, ar_rec)
+                        _mark_vs_ar(rec, ar_rec, getattr(bundle, "model", None))
                         group.append(rec)
                         answers.append(rec["text"])
                     store.add(run.label, q.question_id, group, settings[run.label])

@@ -126,6 +126,9 @@ def generate(
     gate: Optional[str] = typer.Option(None, "--gate", help="sense: soft gate on|off (off = lossless)."),
     gate_alpha: Optional[float] = typer.Option(None, "--gate-alpha", help="sense gate: accept d if p(d) >= alpha p(argmax)."),
     gate_tau_e: Optional[float] = typer.Option(None, "--gate-tau-e", help="sense gate: embedding cosine floor."),
+    gate_signal: Optional[str] = typer.Option(None, "--gate-signal", help="sense gate: equivalence by input "
+                                              "'embedding' cosine or the target's 'hidden' states in context."),
+    gate_tau_h: Optional[float] = typer.Option(None, "--gate-tau-h", help="sense gate: hidden-state cosine floor."),
     step_delimiter: Optional[str] = typer.Option(None, "--step-delimiter", help="specguard: step delimiter."),
     candidates: Optional[int] = typer.Option(None, "--candidates", help="specguard: draft samples per step."),
     draft_temperature: Optional[float] = typer.Option(None, "--draft-temperature", help="specguard: draft sampling temperature."),
@@ -165,6 +168,7 @@ def generate(
                    draft_layers=draft_layers, tree_width=tree_width, index=str(index) if index else None,
                    k=neighbours, min_similarity=min_similarity, min_score=min_score,
                    gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
+                   gate_signal=gate_signal, gate_tau_h=gate_tau_h,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,
                    tau=tau, beta=beta, selector=selector, signals=signals, rule=rule, tau_confidence=tau_confidence,
                    tau_grounding=tau_grounding, max_step_tokens=max_step_tokens, recompute_method=recompute_method,

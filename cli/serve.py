@@ -41,6 +41,10 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port (0 = any free port)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY (or set SPECGEN_API_KEY)."),
     max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond this get 429."),
+    max_batch_size: int = typer.Option(8, "--max-batch-size", help="Sequences decoded together in one verification forward."),
+    spec_disable_batch_size: Optional[int] = typer.Option(None, "--spec-disable-batch-size",
+                                                          help="Draft nothing while this many sequences run (default: "
+                                                               "decided per batch size from measured throughput)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
 ) -> None:
@@ -57,7 +61,8 @@ def serve(
         input_path("index", index, "dir")
     cfg = ServeConfig(model=model, method=method, method_options=method_options(method_config, index, draft_model),
                       host=host, port=port, api_key=api_key or os.environ.get("SPECGEN_API_KEY") or None,
-                      max_queue=max_queue, device=device, dtype=dtype)
+                      max_queue=max_queue, max_batch_size=max_batch_size,
+                      spec_disable_batch_size=spec_disable_batch_size, device=device, dtype=dtype)
     if method not in available_methods():
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
     make_config(method, dict(cfg.method_options.get(method, {})))  # the default method's options: one line now

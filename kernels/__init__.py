@@ -19,6 +19,7 @@ from .reference import (
     TRITON_MAX_K,
     build_allowed_mask,
     causal_tree_mask,
+    masked_attention_sdpa,
     similarity_topk_reference,
     tree_attention_reference,
     tree_attention_sdpa,
@@ -26,6 +27,7 @@ from .reference import (
 
 __all__ = [
     "backend",
+    "batched_tree_attention",
     "build_allowed_mask",
     "causal_tree_mask",
     "similarity_topk",
@@ -86,3 +88,11 @@ def tree_attention(
         q, k, v, tree_mask=tree_mask, prefix_len=prefix_len, scale=scale,
         grounding_end=grounding_end, grounding_start=grounding_start, out=out,
     )  # fmt: skip
+
+
+def batched_tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_mask: torch.Tensor,
+                           scale: float) -> torch.Tensor:
+    """Tree attention of a ragged batch: q [B, Hq, n, D], k/v [B, Hkv, T, D], key_mask [B, n, T] bool
+    -> out [B, Hq, n, D]. Torch SDPA on every device for now (the Triton kernel takes one
+    (prefix_len, tree_mask) for the whole batch)."""
+    return masked_attention_sdpa(q, k, v, key_mask=key_mask, scale=scale)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import tree_attention
+from . import batched_tree_attention, tree_attention
 from .reference import causal_tree_mask
 
 NAME = "specgen_tree"
@@ -63,6 +63,18 @@ class TreeAttentionContext:
         return self.grounding_layers is None or layer_idx in self.grounding_layers
 
 
+@dataclass(frozen=True)
+class BatchTreeContext:
+    """A ragged batch's attention, passed as `specgen_tree=ctx`: key_mask [B, n, T] bool, row b's
+    node i sees key j (its own valid prefix slots and its tree ancestors; padding sees itself)."""
+
+    key_mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.key_mask.dim() != 3 or self.key_mask.dtype != torch.bool:
+            raise ValueError(f"key_mask must be bool [B, n, T], got {self.key_mask.dtype} {tuple(self.key_mask.shape)}")
+
+
 def specgen_tree_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -86,6 +98,9 @@ def specgen_tree_attention_forward(
     ctx = kwargs.get(CONTEXT_KWARG)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if isinstance(ctx, BatchTreeContext):
+        out = batched_tree_attention(query, key, value, key_mask=ctx.key_mask.to(query.device), scale=scaling)
+        return out.transpose(1, 2).contiguous(), None  # [B, n, Hq, D]
     if ctx is None:
         tree_mask, prefix_len = causal_tree_mask(n, query.device), t_len - n
         g_end, g_start, want = None, 0, False

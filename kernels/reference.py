@@ -180,3 +180,25 @@ def tree_attention_sdpa(
         return o
     out.copy_(o)
     return out
+
+
+def check_key_mask(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> None:
+    """Shape checks of a batched ragged mask: key_mask [B, n, T] bool for q [B, Hq, n, D], k [B, Hkv, T, D]."""
+    bsz, _, n, _ = q.shape
+    if tuple(key_mask.shape) != (bsz, n, k.shape[2]) or key_mask.dtype != torch.bool:
+        raise ValueError(f"key_mask must be bool [{bsz}, {n}, {k.shape[2]}], got {key_mask.dtype} {tuple(key_mask.shape)}")
+
+
+def masked_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_mask: torch.Tensor,
+                          scale: float) -> torch.Tensor:
+    """Batched tree attention with a mask per row: q [B, Hq, n, D], k/v [B, Hkv, T, D], key_mask
+    [B, n, T] bool (row b's node i sees key j). Every query row must see at least itself.
+
+    The ragged batch case: rows hold prefixes of different lengths in one padded cache and trees
+    of different shapes padded to one node count, so the mask cannot be (prefix_len, [n, n]).
+    """
+    check_key_mask(q, k, key_mask)
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=key_mask.unsqueeze(1), scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+    )  # fmt: skip  # [B, Hq, n, D]
+    return o

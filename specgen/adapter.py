@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .kernels.hf_attention import TreeAttentionContext, register as register_tree_attention
+from .kernels.hf_attention import BatchTreeContext, TreeAttentionContext, register as register_tree_attention
 
 
 def attention_backend(model: Any) -> str:
@@ -145,6 +145,31 @@ def select_cache_row(cache: Any, row: int, length: int) -> Any:
     return out
 
 
+@torch.inference_mode()
+def chain_hidden(model: Any, cache: Any, n_kv: int, tokens: list[int], hidden_layer: int = -1,
+                 row: int = 0) -> torch.Tensor:
+    """Hidden states [len(tokens), H] at `hidden_layer` of `tokens` fed as a chain after the first
+    `n_kv` entries of `cache`'s batch row `row` (positions n_kv ..), leaving `cache` untouched.
+
+    The forward runs on a new cache whose layers start as views of the prefix: DynamicLayer.update
+    concatenates into new tensors, so the original entries (prefix and any tree nodes after it)
+    are only read. Used by the soft gate's hidden-state signal (a token the tree did not hold).
+    """
+    from transformers import DynamicCache
+
+    prefix = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        assert type(layer).__name__ == "DynamicLayer", f"unsupported cache layer {type(layer).__name__}"
+        prefix.update(layer.keys[row:row + 1, :, :n_kv], layer.values[row:row + 1, :, :n_kv], i)  # [1, Hkv, n_kv, D]
+    device = model.device
+    n = len(tokens)
+    out = tree_forward(model, torch.tensor(tokens, dtype=torch.long, device=device),
+                       torch.arange(n_kv, n_kv + n, device=device), prefix, causal_mask(n, device),
+                       hidden_layer=hidden_layer, logits_for=torch.tensor([n - 1], device=device))
+    assert out.hidden is not None
+    return out.hidden  # [n, H]
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     n = 0
@@ -192,3 +217,83 @@ def early_exit_view(model: Any, n_layers: int) -> Any:
         if mod is model.get_decoder():
             view._modules[key] = decoder
     return view
+
+
+# ---------------------------------------------------------------------------------------------
+# Ragged batches: B sequences in one cache [B, Hkv, T, D]; row b's committed entries are slots
+# [0, L_b), the slots after them (up to T = max L_b) are stale and masked out.
+# ---------------------------------------------------------------------------------------------
+def stack_caches(caches: list[Any], lengths: list[int]) -> Any:
+    """One ragged batch cache from batch-1 caches holding `lengths[b]` entries each (copied)."""
+    from transformers import DynamicCache
+
+    t_len = max(lengths)
+    out = DynamicCache()
+    for i in range(len(caches[0].layers)):
+        ks, vs = [], []
+        for cache, n in zip(caches, lengths):
+            layer = cache.layers[i]
+            assert type(layer).__name__ == "DynamicLayer", f"unsupported cache layer {type(layer).__name__}"
+            pad = t_len - n
+            ks.append(torch.nn.functional.pad(layer.keys[..., :n, :], (0, 0, 0, pad)))  # [1, Hkv, T, D]
+            vs.append(torch.nn.functional.pad(layer.values[..., :n, :], (0, 0, 0, pad)))
+        out.update(torch.cat(ks), torch.cat(vs), i)  # [B, Hkv, T, D]
+    return out
+
+
+def split_cache(cache: Any, lengths: list[int]) -> list[Any]:
+    """The batch-1 caches of a ragged batch cache, row b cut to its `lengths[b]` entries."""
+    return [select_cache_row(cache, b, n) for b, n in enumerate(lengths)]
+
+
+@torch.inference_mode()
+def batched_tree_forward(model: Any, tokens: torch.Tensor, positions: torch.Tensor, cache: Any,
+                         key_mask: torch.Tensor, *, hidden_layer: int | None = None) -> ForwardOutput:
+    """One forward of B padded trees: tokens, positions [B, n] on top of the ragged `cache` [B, ., T, .],
+    key_mask [B, n, T + n] (`ragged_key_mask`). Logits [B, n, V], hidden [B, n, H]; the cache grows by n."""
+
+    b, n = tokens.shape
+    assert positions.shape == (b, n) and key_mask.shape == (b, n, cache_length(cache) + n), "batch shapes disagree"
+    want_all = hidden_layer is not None and hidden_layer >= 0
+    out = model.get_decoder()(input_ids=tokens, position_ids=positions, past_key_values=cache, use_cache=True,
+                              output_hidden_states=want_all, specgen_tree=BatchTreeContext(key_mask))
+    final = out.last_hidden_state  # [B, n, H]
+    logits = model.get_output_embeddings()(final).float()  # [B, n, V]
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    hidden = None
+    if hidden_layer is not None:
+        hidden = final if hidden_layer < 0 else out.hidden_states[hidden_layer + 1]  # [B, n, H]
+    return ForwardOutput(logits, hidden, {})
+
+
+def ragged_key_mask(lengths: list[int], t_len: int, tree_masks: list[torch.Tensor], n: int,
+                    device: torch.device | str) -> torch.Tensor:
+    """key_mask [B, n, t_len + n]: row b's nodes see its valid slots [0, L_b) and their tree
+    ancestors (tree_masks[b] [n_b, n_b]); padding nodes (i >= n_b) see only themselves."""
+    b = len(lengths)
+    mask = torch.zeros(b, n, t_len + n, dtype=torch.bool, device=device)
+    slots = torch.arange(t_len, device=device)  # [T]
+    for row, (length, tm) in enumerate(zip(lengths, tree_masks)):
+        m = tm.shape[0]
+        mask[row, :m, :t_len] = slots < length
+        mask[row, :m, t_len:t_len + m] = tm.to(device)
+        idx = torch.arange(m, n, device=device)
+        mask[row, idx, t_len + idx] = True
+    return mask
+
+
+@torch.inference_mode()
+def commit_rows(cache: Any, t_len: int, lengths: list[int], paths: list[tuple[int, ...]]) -> list[int]:
+    """Keep row b's accepted nodes `paths[b]` (fed at slots t_len + i) at slots lengths[b] ..; drop
+    the rest. Returns the new lengths; the cache is cropped to their maximum."""
+    new = [n + len(p) for n, p in zip(lengths, paths)]
+    for layer in cache.layers:
+        for row, (n, path) in enumerate(zip(lengths, paths)):
+            src = torch.tensor(path, dtype=torch.long, device=layer.keys.device) + t_len  # [k]
+            layer.keys[row, :, n:n + len(path)] = layer.keys[row, :, src].clone()
+            layer.values[row, :, n:n + len(path)] = layer.values[row, :, src].clone()
+        layer.keys = layer.keys[..., : max(new), :]  # [B, Hkv, max L, D]
+        layer.values = layer.values[..., : max(new), :]
+    return new

@@ -102,20 +102,32 @@ class DraftModelConfig:
         return self.draft_model
 
 
+GATE_SIGNALS = ("embedding", "hidden")
+
+
 @dataclass(frozen=True)
 class SoftGateConfig:
     """SENSE soft-gated evaluation (our reading, DESIGN.md section 2).
 
-    At a node where the target's argmax is `a` and a draft child is `d != a`, accept `d` when
-    `p(d) >= alpha * p(a)` and `cos(E[d], E[a]) >= tau_e`, E being the target's input embeddings.
+    At a node where the target's token is `a` (argmax or sample) and a draft child is `d != a`,
+    accept `d` when `p(d) >= alpha * p(a)` and the two tokens are equivalent by `signal`:
+    - "embedding": `cos(E[d], E[a]) >= tau_e`, E the target's input embeddings (context-free, free);
+    - "hidden": `cos(h(d), h(a)) >= tau_h`, h the target's hidden state after reading the token in
+      this context (the paper's "semantic alignment", our reading); h(d) comes with the verification,
+      h(a) costs one extra forward of the path to the node, only where a child passes the p test.
     `enabled=False` is lossless.
     """
 
     enabled: bool = False
     alpha: float = 0.3
     tau_e: float = 0.5
+    signal: str = "embedding"
+    tau_h: float = 0.9
 
     def __post_init__(self) -> None:
         check_fields(self)
         in_range("gate_alpha", self.alpha, 0, 1)
         in_range("gate_tau_e", self.tau_e, -1, 1)
+        in_range("gate_tau_h", self.tau_h, -1, 1)
+        if self.signal not in GATE_SIGNALS:
+            raise SpecgenError(f"--gate-signal must be one of {', '.join(GATE_SIGNALS)}, got '{self.signal}'")

@@ -9,7 +9,8 @@
   output is distributed exactly as p. Because the draw at a position does not depend on what was
   drafted, a seed gives the same text whatever the tree size, and the same text as `ar`.
 - Soft gate (SENSE, our reading, DESIGN.md section 2): a child d != the target's token a (argmax
-  or sample) may also be accepted when p(d) >= alpha * p(a) and cos(E[d], E[a]) >= tau_e.
+  or sample) may also be accepted when p(d) >= alpha * p(a) and d is equivalent to a: cos(E[d], E[a])
+  >= tau_e on input embeddings, or (signal "hidden") the target's hidden states after d and after a.
 Acceptance rules (`ExactMatch`, `SoftGate`) are what the step engine calls.
 Where no child is accepted the target's own token (the bonus token) is emitted.
 """
@@ -80,33 +81,45 @@ class SoftGate:
     """SENSE's soft-gated evaluation (our reading, DESIGN.md section 2), greedy or sampled.
 
     Where the target's token at a node is `a` (its argmax, or its sample at that position) and no
-    child holds it, the best child d passing `p(d) >= alpha * p(a)` and `cos(E[d], E[a]) >= tau_e`
-    is accepted, E being the target's input embeddings [V, H]. Lossy by design.
+    child holds it, the best child d passing `p(d) >= alpha * p(a)` and the equivalence test of
+    `cfg.signal` is accepted (`SoftGateConfig`): input-embedding cosine (E [V, H]) or the cosine of
+    the target's hidden states after d (from the verification) and after a (`Verification.probe`).
+    Lossy by design.
     """
 
     def __init__(self, cfg: SoftGateConfig, embeddings: torch.Tensor) -> None:
         self.cfg, self.embeddings = cfg, embeddings  # [V, H]
+        self.probes = 0  # extra forwards run by the hidden-state signal
 
     def accept(self, tree: Tree, ver: Any) -> Acceptance:
         assert ver.logits is not None, "the soft gate needs the target's logits"
-        return walk(tree, ver.choose, lambda node, a: _gate_pick(tree, node, ver.logits[node], a, self.cfg, self.embeddings))
+        if self.cfg.signal == "hidden":
+            assert ver.hidden is not None and ver.probe is not None, "the hidden-state gate needs hidden states and a probe"
+        return walk(tree, ver.choose, lambda node, a: self._pick(tree, node, a, ver))
 
-
-def _gate_pick(tree: Tree, node: int, logits: torch.Tensor, a: int, gate: SoftGateConfig,
-               embeddings: torch.Tensor) -> int | None:
-    """The best child passing the soft gate at `node`, or None. logits [V]."""
-    kids = list(tree.children[node])
-    cand = tree.tokens[kids]  # [m]
-    probs = torch.softmax(logits.float(), dim=-1)  # [V]
-    p_d, p_a = probs[cand], probs[a]  # [m], []
-    e_d = embeddings[cand].float()  # [m, H]
-    e_a = embeddings[a].float()  # [H]
-    cos = torch.nn.functional.cosine_similarity(e_d, e_a.unsqueeze(0), dim=-1)  # [m]
-    ok = (p_d >= gate.alpha * p_a) & (cos >= gate.tau_e)  # [m]
-    if not bool(ok.any()):
-        return None
-    best = int(torch.where(ok, p_d, torch.full_like(p_d, -1.0)).argmax())
-    return kids[best]
+    def _pick(self, tree: Tree, node: int, a: int, ver: Any) -> int | None:
+        """The best child passing the soft gate at `node`, or None."""
+        kids = list(tree.children[node])
+        cand = tree.tokens[kids]  # [m]
+        probs = torch.softmax(ver.logits[node].float(), dim=-1)  # [V]
+        p_d = probs[cand]  # [m]
+        ok = p_d >= self.cfg.alpha * probs[a]  # [m]
+        if not bool(ok.any()):
+            return None  # no probe is spent where the probability test already fails
+        if self.cfg.signal == "hidden":
+            self.probes += 1
+            h_a = ver.probe(node, a).float()  # [H]
+            h_d = ver.hidden[torch.tensor(kids, device=ver.hidden.device)].float()  # [m, H]
+            cos = torch.nn.functional.cosine_similarity(h_d, h_a.unsqueeze(0), dim=-1).to(ok.device)  # [m]
+            ok &= cos >= self.cfg.tau_h
+        else:
+            e_d = self.embeddings[cand].float()  # [m, H]
+            e_a = self.embeddings[a].float()  # [H]
+            ok &= torch.nn.functional.cosine_similarity(e_d, e_a.unsqueeze(0), dim=-1) >= self.cfg.tau_e  # [m]
+        if not bool(ok.any()):
+            return None
+        best = int(torch.where(ok, p_d, torch.full_like(p_d, -1.0)).argmax())
+        return kids[best]
 
 
 def _mix64(x: int) -> int:

@@ -64,6 +64,9 @@ class Verification:
     choose: Callable[[int], int]  # node index -> the target's token after that node (argmax, sample or recorded)
     logits: torch.Tensor | None = None  # [n, V] fp32, None when replaying
     hidden: torch.Tensor | None = None  # [n, H] at the proposer's layer, when it wants hidden states
+    # (node, token) -> [H] the hidden state (same layer) after `token` placed as a child of `node`:
+    # one extra forward, for an acceptance rule that compares a token the tree did not hold.
+    probe: Callable[[int, int], torch.Tensor] | None = None
 
 
 class Verifier(Protocol):
@@ -108,8 +111,17 @@ class DecodeState:
         return self.stopper.reason is not None
 
 
-def step(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: AcceptRule) -> StepRecord:
-    """One step: propose, build the tree, verify it, accept a path, commit it. Emits >= 1 token."""
+@dataclass
+class Planned:
+    """A step between planning and verification: the tree to verify and when planning began/ended."""
+
+    tree: Tree
+    t_start: float
+    t_planned: float
+
+
+def plan(state: DecodeState, proposer: Proposer, device: torch.device) -> Planned:
+    """Propose and build this step's tree (the first half of `step`)."""
     ta = time.perf_counter()
     budget = min(state.node_budget, state.stopper.remaining)
     depth = state.sizer.depth_limit(budget, proposer.nodes_per_depth) if proposer.draft_cost_per_depth else None
@@ -117,15 +129,20 @@ def step(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: Accep
                          context_hidden=state.hidden.view() if state.hidden is not None else None, max_depth=depth)
     drafting = budget > 0 and depth != 0 and state.policy.should_draft()
     cands = proposer.propose(ctx) if drafting else Candidates()
-    tree = build_tree(state.tokens[-1], cands, budget, state.sizer.size_fn, device=verifier.device)
+    tree = build_tree(state.tokens[-1], cands, budget, state.sizer.size_fn, device=device)
     tb = time.perf_counter()
     if proposer.draft_cost_per_depth and cands.sequences:
         state.sizer.observe_draft(max(len(c) for c in cands.sequences), tb - ta)
-    ver = verifier.verify(state, tree)
-    tc = time.perf_counter()
+    return Planned(tree, ta, tb)
+
+
+def complete(state: DecodeState, proposer: Proposer, rule: AcceptRule, planned: Planned, ver: Verification,
+             t_verified: float, commit: Callable[[tuple[int, ...]], None]) -> StepRecord:
+    """Accept a path of the verified tree, `commit` its KV entries, emit (the second half of `step`)."""
+    tree, tb, tc = planned.tree, planned.t_planned, t_verified
     state.sizer.observe_time(tree.size, tc - tb)
     acc = rule.accept(tree, ver)
-    verifier.commit(state, acc.path)
+    commit(acc.path)
     state.sizer.observe(tree, acc.path)
     if ver.hidden is not None:
         rows = ver.hidden[list(acc.path)]  # [len(path), H]
@@ -138,9 +155,18 @@ def step(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: Accep
     drafted, accepted = tree.size - 1, len(acc.path) - 1
     state.policy.update(drafted, accepted)
     rec = StepRecord(drafted=drafted, draft_depth=tree.max_depth, accepted=accepted, emitted=len(new), gated=acc.gated,
-                     t_propose=tb - ta, t_verify=tc - tb, t_accept=time.perf_counter() - tc, new_tokens=tuple(new))
+                     t_propose=tb - planned.t_start, t_verify=tc - tb, t_accept=time.perf_counter() - tc,
+                     new_tokens=tuple(new))
     state.stats.add_step(rec)
     return rec
+
+
+def step(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: AcceptRule) -> StepRecord:
+    """One step: propose, build the tree, verify it, accept a path, commit it. Emits >= 1 token."""
+    planned = plan(state, proposer, verifier.device)
+    ver = verifier.verify(state, planned.tree)
+    return complete(state, proposer, rule, planned, ver, time.perf_counter(),
+                    lambda path: verifier.commit(state, path))
 
 
 def run(state: DecodeState, proposer: Proposer, verifier: Verifier, rule: AcceptRule, *,

@@ -48,16 +48,18 @@ class Prefilled:
     last_logits: torch.Tensor  # [V] predicts the first new token
 
 
-@torch.inference_mode()
-def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *,
-           method: str, rule: AcceptRule | None = None, on_tokens: TokenCallback | None = None,
-           prefilled: Prefilled | None = None) -> DecodeResult:
-    """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`
-    and accepting with `rule` (default: exact match, lossless).
+@dataclass
+class Started:
+    """A generation after its prefill and first token: the state, its verifier, the start time."""
 
-    With `prefilled` (used only when the proposer needs no hidden states, which a reused cache
-    cannot supply) the prompt's prefill is skipped and its cache extended.
-    """
+    state: DecodeState
+    verifier: ModelVerifier
+    t0: float
+
+
+def start(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *, method: str,
+          on_tokens: TokenCallback | None = None, prefilled: Prefilled | None = None) -> Started:
+    """Prefill `prompt_ids`, emit the first token, and return the state the engine steps from."""
     model = target.model
     adapter.use_tree_attention(model)
     n = len(prompt_ids)
@@ -71,45 +73,67 @@ def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generati
     stats.seed = None if gen.sampling.greedy else seed
     layer = proposer.hidden_layer
     verifier = ModelVerifier(model, gen.sampling, PositionSampler(seed, model.device), layer)
-    try:
-        t0 = time.perf_counter()
-        hidden = None
-        if prefilled is not None and layer is None:
-            cache, first_logits = prefilled.cache, prefilled.last_logits  # [V]
-            assert adapter.cache_length(cache) == n, "prefilled cache must hold exactly the prompt"
-            stats.reused_cache = True
-        else:
-            cache, first_logits, hidden = prefill(model, prompt_ids, layer)  # hidden [n, H] | None
-        stats.prefill_s = time.perf_counter() - t0
-        profile: CostProfile | None = None
-        timed = False
-        if gen.tree_sizing.mode == "cost" and proposer.name != "ar":
-            t1 = time.perf_counter()
-            profile, measured = cost_profile(model, cache, n, gen.tree_sizing)  # timed once, then cached on disk
-            timed = gen.tree_sizing.costs is None and model.device.type == "cpu"  # CPU forwards time synchronously
-            stats.profile_s = time.perf_counter() - t1 if measured else 0.0
-            stats.cost_profile = profile.to_dict()
-        state = DecodeState(tokens=list(prompt_ids), prompt_len=n, stopper=stopper, stats=stats,
-                            policy=DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated),
-                            sizer=TreeSizer(profile, gen.tree_sizing, timed=timed), node_budget=gen.node_budget,
-                            cache=cache,
-                            hidden=HiddenBuffer(hidden, n + gen.max_new_tokens) if hidden is not None and
-                            proposer.wants_context_hidden else None,
-                            last_hidden=hidden[-1] if hidden is not None else None)
-        proposer.reset(list(prompt_ids))
-        first = stopper.feed([verifier.pick(first_logits, n)])
-        state.tokens += first
-        stats.first_token_s = time.perf_counter() - t0
-        if on_tokens:
-            on_tokens(first)
-        run(state, proposer, verifier, rule or ExactMatch(), on_tokens=on_tokens)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted after {len(stopper.generated)} tokens") from None
+    t0 = time.perf_counter()
+    hidden = None
+    if prefilled is not None and layer is None:
+        cache, first_logits = prefilled.cache, prefilled.last_logits  # [V]
+        assert adapter.cache_length(cache) == n, "prefilled cache must hold exactly the prompt"
+        stats.reused_cache = True
+    else:
+        cache, first_logits, hidden = prefill(model, prompt_ids, layer)  # hidden [n, H] | None
+    stats.prefill_s = time.perf_counter() - t0
+    profile: CostProfile | None = None
+    timed = False
+    if gen.tree_sizing.mode == "cost" and proposer.name != "ar":
+        t1 = time.perf_counter()
+        profile, measured = cost_profile(model, cache, n, gen.tree_sizing)  # timed once, then cached on disk
+        timed = gen.tree_sizing.costs is None and model.device.type == "cpu"  # CPU forwards time synchronously
+        stats.profile_s = time.perf_counter() - t1 if measured else 0.0
+        stats.cost_profile = profile.to_dict()
+    state = DecodeState(tokens=list(prompt_ids), prompt_len=n, stopper=stopper, stats=stats,
+                        policy=DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated),
+                        sizer=TreeSizer(profile, gen.tree_sizing, timed=timed), node_budget=gen.node_budget,
+                        cache=cache,
+                        hidden=HiddenBuffer(hidden, n + gen.max_new_tokens) if hidden is not None and
+                        proposer.wants_context_hidden else None,
+                        last_hidden=hidden[-1] if hidden is not None else None)
+    proposer.reset(list(prompt_ids))
+    first = stopper.feed([verifier.pick(first_logits, n)])
+    state.tokens += first
+    stats.first_token_s = time.perf_counter() - t0
+    if on_tokens:
+        on_tokens(first)
+    return Started(state, verifier, t0)
+
+
+def finish(target: Any, gen: GenerationConfig, started: Started) -> DecodeResult:
+    """The result of a generation whose state is done (statistics closed, refined profile saved)."""
+    state, stats = started.state, started.state.stats
     # The cost profile is a once-per-machine calibration (then read from disk): not part of decoding.
-    stats.wall_s = time.perf_counter() - t0 - stats.profile_s
-    stats.new_tokens = len(stopper.generated)
+    stats.wall_s = time.perf_counter() - started.t0 - stats.profile_s
+    stats.new_tokens = len(state.stopper.generated)
     stats.draft_skipped = state.policy.skipped
     if state.sizer.refined and state.sizer.profile is not None:
-        save_refined(model, gen.tree_sizing, state.sizer.profile)
+        save_refined(target.model, gen.tree_sizing, state.sizer.profile)
         stats.cost_profile = state.sizer.profile.to_dict()
-    return DecodeResult(stopper.generated, stats, stopper.reason or "length")
+    return DecodeResult(state.stopper.generated, stats, state.stopper.reason or "length")
+
+
+@torch.inference_mode()
+def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *,
+           method: str, rule: AcceptRule | None = None, on_tokens: TokenCallback | None = None,
+           prefilled: Prefilled | None = None) -> DecodeResult:
+    """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`
+    and accepting with `rule` (default: exact match, lossless).
+
+    With `prefilled` (used only when the proposer needs no hidden states, which a reused cache
+    cannot supply) the prompt's prefill is skipped and its cache extended.
+    """
+    started = None
+    try:
+        started = start(target, prompt_ids, proposer, gen, method=method, on_tokens=on_tokens, prefilled=prefilled)
+        run(started.state, proposer, started.verifier, rule or ExactMatch(), on_tokens=on_tokens)
+    except KeyboardInterrupt:
+        done = 0 if started is None else len(started.state.stopper.generated)
+        raise Interrupted(f"interrupted after {done} tokens") from None
+    return finish(target, gen, started)

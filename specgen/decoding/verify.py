@@ -62,7 +62,14 @@ class ModelVerifier:
             choose = out.logits.argmax(dim=-1).tolist().__getitem__  # one host read of n ints
         else:
             choose = sampled_chooser(target_probs(out.logits, self.sampling), tree, self.sampler, state.n_kv)
-        return Verification(choose=choose, logits=out.logits, hidden=out.hidden)
+        probe = None
+        if self.hidden_layer is not None:
+            cache, n_kv, layer = state.cache, state.n_kv, self.hidden_layer
+
+            def probe(node: int, token: int) -> torch.Tensor:
+                path = [tree.token_list[i] for i in tree.path_to(node)]
+                return adapter.chain_hidden(self.model, cache, n_kv, path + [token], layer)[-1]  # [H]
+        return Verification(choose=choose, logits=out.logits, hidden=out.hidden, probe=probe)
 
     def commit(self, state: "DecodeState", path: tuple[int, ...]) -> None:
         adapter.commit_cache(state.cache, state.n_kv, path)

@@ -36,7 +36,8 @@ class ServeConfig:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch_size: int = 8  # requests admitted at once; the rest wait in the queue
+    max_batch_size: int = 8  # sequences decoded together (one verification forward); the rest wait in the queue
+    spec_disable_batch_size: int | None = None  # draft nothing while this many or more sequences run (vLLM's name)
     max_queue: int = 256  # waiting requests beyond this are refused with 429
     api_key: str | None = None
     device: str = "auto"
@@ -47,6 +48,8 @@ class ServeConfig:
         check_fields(self)
         in_range("port", self.port, 0, 65535)
         in_range("max_batch_size", self.max_batch_size, 1, 1024)
+        if self.spec_disable_batch_size is not None:
+            in_range("spec_disable_batch_size", self.spec_disable_batch_size, 1, 1024)
         in_range("max_queue", self.max_queue, 1, 1_000_000)
         in_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)
         if self.api_key is not None and not self.api_key.strip():

@@ -60,12 +60,18 @@ class ServerMetrics:
         self.ttft: dict[str, Histogram] = {}
         self.running = 0
         self.waiting = 0
+        self.batch_steps: dict[tuple[int, bool], int] = defaultdict(int)  # (batch size, drafted?) -> steps
 
     def queued(self, waiting: int = 0, running: int = 0) -> None:
         """Move the waiting / running gauges (the HTTP side and the worker both do)."""
         with self.lock:
             self.waiting += waiting
             self.running += running
+
+    def stepped(self, batch_size: int, drafted: bool) -> None:
+        """Count one engine step over `batch_size` sequences (with or without drafts verified)."""
+        with self.lock:
+            self.batch_steps[(batch_size, drafted)] += 1
 
     def finished(self, spec: dict[str, Any], prompt_tokens: int, completion_tokens: int, reason: str,
                  latency_s: float, ttft_s: float | None) -> None:
@@ -105,6 +111,11 @@ class ServerMetrics:
                                    ("num_requests_waiting", self.waiting, "Requests in the queue.")):
                 out += [f"# HELP {NS}{gauge} {text}", f"# TYPE {NS}{gauge} gauge",
                         f"{NS}{gauge}{_labels(model_name=self.model)} {v}"]
+            out += [f"# HELP {NS}engine_steps_total Engine steps by batch size and whether drafts were verified.",
+                    f"# TYPE {NS}engine_steps_total counter"]
+            for (size, drafted), v in sorted(self.batch_steps.items()):
+                labels = _labels(model_name=self.model, batch_size=str(size), drafted=str(drafted).lower())
+                out.append(f"{NS}engine_steps_total{labels} {v}")
             for name, hists, text in (("e2e_request_latency_seconds", self.latency, "Request latency."),
                                       ("time_to_first_token_seconds", self.ttft, "Time to the first token.")):
                 out += [f"# HELP {NS}{name} {text}", f"# TYPE {NS}{name} histogram"]

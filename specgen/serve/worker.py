@@ -1,12 +1,14 @@
-"""The worker that owns the model: requests queue up and are decoded by one thread, in arrival order.
+"""The worker that owns the model: requests queue up and one thread decodes them, batched continuously.
 
 One thread touches the model (the model runner owns device and buffers); the HTTP side only
-submits checked Jobs and reads events. Each request runs through `specgen.generate.generate`, the
-same call `specgen generate` makes, so a served greedy answer is the CLI's answer token for token.
-Requests are decoded one at a time: batching several sequences in one verification forward is not
-built yet, so `max_queue` bounds the wait and nothing more runs concurrently.
+submits checked Jobs and reads events. Up to `max_batch_size` requests decode together on the
+batched step engine (`decoding.batch.BatchDecoder`: one verification forward per step for all of
+them, each with its own method); a finished or cancelled request leaves at once and the next queued
+one joins before the following step. Alone, a request runs the plain engine step `specgen
+generate` runs, so a served greedy answer is the CLI's answer token for token. Methods with their
+own driver (SpecGuard) cannot share a forward: they run through `generate`, between batched steps.
 
-A request whose client went away is dropped from the queue, or stopped at its next accepted token.
+A request whose client went away is dropped from the queue, or leaves the batch at its next step.
 """
 from __future__ import annotations
 
@@ -93,44 +95,125 @@ class Worker:
         return self.drafts[name]
 
     def _loop(self) -> None:
+        from ..decoding.batch import BatchDecoder, LoadAwareDrafting
+
+        self.decoder = BatchDecoder(self.bundle, LoadAwareDrafting(self.cfg.spec_disable_batch_size))
         while True:
-            handle = self.jobs.get()
-            if handle is None:
+            if not self._admit():
                 return
+            if self.decoder.rows:
+                self._step()
+
+    def _admit(self) -> bool:
+        """Move queued jobs into the batch while it has room (wait for one when it is empty); False on stop."""
+        from ..proposers.registry import get_method
+
+        while len(self.decoder.rows) < self.cfg.max_batch_size:
+            try:
+                handle = self.jobs.get(block=not self.decoder.rows)
+            except queue.Empty:
+                return True
+            if handle is None:
+                return False
             self.metrics.queued(waiting=-1)
             if handle.cancelled.is_set():
                 continue
             self.metrics.queued(running=1)
-            try:
-                self._run(handle)
-            finally:
+            if get_method(handle.job.method).factory is None:  # a driver (SpecGuard): alone, through generate
+                try:
+                    self._run(handle)
+                finally:
+                    self.metrics.queued(running=-1)
+                continue
+            self._join(handle)
+        return True
+
+    def _join(self, handle: Handle) -> None:
+        """Prefill `handle`'s prompt and add it to the batch (or answer it with its error)."""
+        from ..decoding.batch import start_row
+        from ..generate import TextStream
+
+        job = handle.job
+        stream = TextStream(self.bundle.tokenizer, job.gen.stop, lambda delta: self._post_text(handle, delta))
+        try:
+            row = start_row(self.bundle, job.prompt_ids, job.method, job.gen, self.configs[job.method],
+                            draft=self._draft(job.method), key=(handle, stream), on_tokens=stream.push)
+        except _Cancelled:
+            self.metrics.queued(running=-1)
+            return
+        except Exception as exc:  # noqa: BLE001 - one request's failure is its own error, the server goes on
+            self.metrics.queued(running=-1)
+            handle.post(("error", _api_error(exc)))
+            return
+        self.decoder.add(row)
+        if row.done:
+            self._leave(row)
+
+    def _post_text(self, handle: Handle, delta: str) -> None:
+        if handle.cancelled.is_set():
+            raise _Cancelled()
+        if handle.first_token_s is None:
+            handle.first_token_s = time.perf_counter() - handle.job.arrived
+        handle.post(("text", delta))
+
+    def _step(self) -> None:
+        """One batched step; stream each row's new tokens; finished and cancelled rows leave."""
+        rows = list(self.decoder.rows)
+        try:
+            records = self.decoder.step()
+        except Exception as exc:  # noqa: BLE001 - a bug fails the requests in this batch, not the server
+            for row in self.decoder.reset():
                 self.metrics.queued(running=-1)
+                row.key[0].post(("error", _api_error(exc)))
+            return
+        self.metrics.stepped(len(rows), any(rec.drafted for rec in records))
+        for row, rec in zip(rows, records):
+            handle, stream = row.key
+            try:
+                stream.push(list(rec.new_tokens))
+            except _Cancelled:
+                pass
+            if row.done or handle.cancelled.is_set():
+                self._leave(row)
+
+    def _leave(self, row: Any) -> None:
+        from ..generate import GenerationResult
+
+        handle, stream = row.key
+        res = self.decoder.remove(row)
+        self.metrics.queued(running=-1)
+        if handle.cancelled.is_set():
+            return
+        try:
+            text = stream.close()
+        except _Cancelled:
+            return
+        result = GenerationResult(text, res.token_ids, res.stats, res.finish_reason)
+        self.metrics.finished(spec_metrics(result.stats), len(handle.job.prompt_ids), len(result.token_ids),
+                              result.finish_reason, time.perf_counter() - handle.job.arrived, handle.first_token_s)
+        handle.post(("done", result))
 
     def _run(self, handle: Handle) -> None:
         from ..generate import generate
 
         job = handle.job
-
-        def on_text(delta: str) -> None:
-            if handle.cancelled.is_set():
-                raise _Cancelled()
-            if handle.first_token_s is None:
-                handle.first_token_s = time.perf_counter() - job.arrived
-            handle.post(("text", delta))
-
         try:
             result = generate(self.bundle, job.prompt_ids, method=job.method, gen=job.gen,
-                              method_config=self.configs[job.method], raw=True, on_text=on_text,
-                              draft=self._draft(job.method))
+                              method_config=self.configs[job.method], raw=True,
+                              on_text=lambda delta: self._post_text(handle, delta), draft=self._draft(job.method))
         except _Cancelled:
             return
-        except SpecgenError as exc:
-            handle.post(("error", APIError(400, str(exc))))
-            return
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the server: 500 for this request only
-            handle.post(("error", APIError(500, f"internal error ({type(exc).__name__}: {exc})", kind="server_error")))
+            handle.post(("error", _api_error(exc)))
             return
         latency = time.perf_counter() - job.arrived
         self.metrics.finished(spec_metrics(result.stats), len(job.prompt_ids), len(result.token_ids),
                               result.finish_reason, latency, handle.first_token_s)
         handle.post(("done", result))
+
+
+def _api_error(exc: Exception) -> APIError:
+    """A request's failure as its API error: 400 for a SpecgenError (bad options), 500 for a bug."""
+    if isinstance(exc, SpecgenError):
+        return APIError(400, str(exc))
+    return APIError(500, f"internal error ({type(exc).__name__}: {exc})", kind="server_error")

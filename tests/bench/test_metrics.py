@@ -127,3 +127,20 @@ def test_rouge_l_extremes() -> None:
     assert rouge_l("x y", "p q") == 0.0
     assert rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
     assert rouge_l("", "") == 1.0 and rouge_l("", "a") == 0.0
+
+
+def test_embedding_cosine_is_the_cosine_of_mean_pooled_final_hidden_states() -> None:
+    import torch
+
+    from specgen.bench.metrics import embedding_cosine
+    from tests.conftest import make_tiny_llama
+
+    model = make_tiny_llama()
+    a, b, c = [5, 9, 2, 11], [5, 9, 3, 11, 40], [100, 101]
+    with torch.inference_mode():  # the oracle: HF's own hidden_states output, last entry (after the final norm)
+        pooled = [model(torch.tensor([x]), output_hidden_states=True).hidden_states[-1][0].float().mean(0) for x in (a, b)]
+    want = float(torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0))
+    assert embedding_cosine(model, a, b) == pytest.approx(want, abs=1e-5)
+    assert embedding_cosine(model, b, a) == pytest.approx(want, abs=1e-5)
+    assert embedding_cosine(model, a, a) == 1.0 and embedding_cosine(model, a, []) == 0.0
+    assert -1.0 <= embedding_cosine(model, a, c) < 1.0

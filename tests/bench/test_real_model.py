@@ -28,5 +28,6 @@ def test_cli_bench_real_model(bench_bundle: Any, tiny_suite: Path, tmp_path: Pat
     recs = data["records"]
     assert {x["method"] for x in recs} == {"ar", "pld"} and len(recs) == 4
     assert all(x["identical_to_ar"] for x in recs)
+    assert all(x["embed_cos_ar"] == 1.0 for x in recs)  # the identical answers of a lossless method
     assert data["metrics"]["ar"]["overall"]["tau"] == pytest.approx(1.0)
     assert data["environment"]["transformers"]

@@ -108,3 +108,38 @@ def test_greedy_output_identical_to_ar(method: str, index: Path, tok: Any, model
     got = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
     assert got.token_ids == ref.token_ids
     assert got.stats.drafted > 0
+
+
+@pytest.mark.parametrize("method", ["rest", "sense"])
+def test_sampled_output_identical_to_ar_with_the_same_seed(method: str, index: Path, tok: Any, model: Any) -> None:
+    from specgen.config import SamplingConfig
+    from specgen.generate import generate
+
+    bundle = _bundle(model, tok)
+    prompt = SemanticIndex.load(index).tokens[3000:3040].tolist()
+    cfg = RESTConfig(index=str(index)) if method == "rest" else SenseConfig(index=str(index), min_similarity=0.0, min_score=0.0)
+    for seed in (0, 1):
+        gen = GenerationConfig(max_new_tokens=24, stop_at_eos=False, sampling=SamplingConfig(temperature=0.7, seed=seed))
+        ref = generate(bundle, prompt, method="ar", gen=gen)
+        got = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
+        assert got.token_ids == ref.token_ids, seed
+        assert got.stats.drafted > 0
+
+
+@pytest.mark.parametrize("signal", ["embedding", "hidden"])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_gate_on_accepts_non_matching_drafts_and_is_reproducible(signal: str, temperature: float, index: Path,
+                                                                 tok: Any, model: Any) -> None:
+    from specgen.config import SamplingConfig, SoftGateConfig
+    from specgen.generate import generate
+
+    bundle = _bundle(model, tok)
+    prompt = SemanticIndex.load(index).tokens[3000:3040].tolist()
+    gen = GenerationConfig(max_new_tokens=24, stop_at_eos=False, sampling=SamplingConfig(temperature=temperature, seed=3))
+    # thresholds that let every probable child through: the gate must fire, and a seed fixes the text
+    gate = SoftGateConfig(enabled=True, alpha=0.0, tau_e=-1.0, signal=signal, tau_h=-1.0)
+    cfg = SenseConfig(index=str(index), min_similarity=0.0, min_score=0.0, gate=gate)
+    first = generate(bundle, prompt, method="sense", gen=gen, method_config=cfg)
+    again = generate(bundle, prompt, method="sense", gen=gen, method_config=cfg)
+    assert first.stats.gated > 0
+    assert first.token_ids == again.token_ids

@@ -4,6 +4,7 @@ that disconnects mid-stream frees the server for the next request."""
 from __future__ import annotations
 
 import threading
+import urllib.request
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -54,6 +55,11 @@ def test_64_requests_from_8_clients_all_answered_in_order(server: RunningServer,
         assert method == want_method
         assert text == expected[(prompt, n)], (i, prompt, method, n)
     assert _rss_kb() <= rss_after_8[0] * 1.10, "server memory grew by more than 10% over the run"
+    steps = server.app.state.metrics.batch_steps
+    assert sum(v for (size, _), v in steps.items() if size > 1) > 0, f"no batched step ran: {dict(steps)}"
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
+    assert any(line.startswith("specgen:engine_steps_total{") and 'batch_size="1"' not in line
+               for line in text.splitlines())  # the batched steps are exported
 
 
 def test_a_client_that_disconnects_frees_the_server(server: RunningServer) -> None:

@@ -1,0 +1,202 @@
+"""Batched decoding on the step engine: B sequences, one target forward per step (ragged rows).
+
+Each row is an ordinary generation (`loop.start`: its own proposer, acceptance rule, sampler,
+stopper and statistics). A step plans every row's tree (`engine.plan`), pads the trees to one node
+count and verifies them in one forward over [B, n] with per-row positions and masks
+(`adapter.batched_tree_forward`), then accepts and commits per row (`engine.complete`,
+`adapter.commit_rows`). With one row the plain `engine.step` runs, exactly what `generate` does.
+
+Load-aware drafting (`LoadAwareDrafting`): past a batch size a verification forward stops being
+nearly free (it becomes compute-bound), and drafting then costs more than it saves. Per batch size
+the decoder measures the throughput (emitted tokens per second) of steps with and without drafts
+and keeps the better, exploring the other now and then; `spec_disable_batch_size` (vLLM's
+`--spec-disable-batch-size`) switches drafting off from that batch size on, whatever is measured.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import adapter
+from ..config import GenerationConfig
+from ..proposers.base import Proposer
+from .accept import sampled_chooser, target_probs
+from .engine import AcceptRule, Verification, complete, plan, step
+from .loop import DecodeResult, Started, finish
+from .stats import StepRecord
+
+
+@dataclass
+class Row:
+    """One sequence of a batch; `key` is the caller's handle for it."""
+
+    started: Started
+    proposer: Proposer
+    rule: AcceptRule
+    gen: GenerationConfig
+    key: Any = None
+
+    @property
+    def done(self) -> bool:
+        return self.started.state.done
+
+
+@dataclass
+class LoadAwareDrafting:
+    """Per batch size: draft or not, whichever measured more tokens per second (module docstring)."""
+
+    spec_disable_batch_size: int | None = None  # draft nothing at this batch size and above
+    explore_every: int = 16  # steps between tries of the arm that measured worse
+    decay: float = 0.8  # weight of the previous throughput estimate
+    rates: dict[tuple[int, bool], float] = field(default_factory=dict)  # (B, draft?) -> tokens/s
+    steps: dict[int, int] = field(default_factory=dict)
+
+    def should_draft(self, b: int) -> bool:
+        if b <= 1:
+            return True  # a single row is `generate`'s own step (its policy and sizer decide)
+        if self.spec_disable_batch_size is not None and b >= self.spec_disable_batch_size:
+            return False
+        self.steps[b] = self.steps.get(b, 0) + 1
+        with_draft, without = self.rates.get((b, True)), self.rates.get((b, False))
+        if with_draft is None:
+            return True
+        if without is None:
+            return False
+        better = with_draft >= without
+        return better if self.steps[b] % self.explore_every else not better
+
+    def observe(self, b: int, drafted: bool, tokens: int, seconds: float) -> None:
+        if b <= 1 or seconds <= 0:
+            return
+        rate, old = tokens / seconds, self.rates.get((b, drafted))
+        self.rates[(b, drafted)] = rate if old is None else self.decay * old + (1 - self.decay) * rate
+
+
+class BatchDecoder:
+    """Steps a changing set of rows together on one ragged KV cache (`add`, `step`, `remove`)."""
+
+    def __init__(self, target: Any, load: LoadAwareDrafting | None = None) -> None:
+        self.target, self.model = target, target.model
+        self.load = load or LoadAwareDrafting()
+        self.rows: list[Row] = []
+        self.cache: Any = None
+        self.drafting_steps = self.plain_steps = 0  # batched steps with and without drafts
+
+    @torch.inference_mode()
+    def add(self, row: Row) -> None:
+        """Join `row` (just started: its state's cache holds its prompt) to the batch."""
+        self._restack(self.rows + [row])
+
+    @torch.inference_mode()
+    def remove(self, row: Row) -> DecodeResult:
+        """Take `row` out of the batch (finished or cancelled) and return its result."""
+        self._restack([r for r in self.rows if r is not row])
+        return finish(self.target, row.gen, row.started)
+
+    def _restack(self, rows: list[Row]) -> None:
+        lengths = [r.started.state.n_kv for r in self.rows]
+        caches = adapter.split_cache(self.cache, lengths) if len(self.rows) > 1 else [r.started.state.cache for r in self.rows]
+        by_row = {id(r): c for r, c in zip(self.rows, caches)}
+        self.rows = rows
+        if not rows:
+            self.cache = None
+            return
+        mine = [by_row.get(id(r), r.started.state.cache) for r in rows]
+        self.cache = mine[0] if len(rows) == 1 else adapter.stack_caches(mine, [r.started.state.n_kv for r in rows])
+        for r in rows:  # one cache for the batch; with one row it is that row's own cache
+            r.started.state.cache = self.cache
+
+    def reset(self) -> list[Row]:
+        """Drop every row (after a failed step) and return them."""
+        rows, self.rows, self.cache = self.rows, [], None
+        return rows
+
+    @torch.inference_mode()
+    def step(self) -> list[StepRecord]:
+        """One step of every row (each emits >= 1 token); the records in row order."""
+        assert self.rows and not any(r.done for r in self.rows), "remove finished rows before stepping"
+        if len(self.rows) == 1:
+            r = self.rows[0]
+            return [step(r.started.state, r.proposer, r.started.verifier, r.rule)]
+        return self._batched_step()
+
+    @torch.inference_mode()
+    def _batched_step(self) -> list[StepRecord]:
+        rows, device = self.rows, self.model.device
+        b = len(rows)
+        draft = self.load.should_draft(b)
+        t0 = time.perf_counter()
+        planned = []
+        for r in rows:
+            state = r.started.state
+            budget, state.node_budget = state.node_budget, state.node_budget if draft else 0
+            planned.append(plan(state, r.proposer, device))
+            state.node_budget = budget
+        trees = [p.tree for p in planned]
+        n = max(t.size for t in trees)
+        lengths = [r.started.state.n_kv for r in rows]
+        t_len = adapter.cache_length(self.cache)
+        tokens = torch.zeros(b, n, dtype=torch.long, device=device)  # [B, n], padding = token 0
+        positions = torch.zeros(b, n, dtype=torch.long, device=device)  # [B, n]
+        for i, (t, length) in enumerate(zip(trees, lengths)):
+            tokens[i, : t.size] = t.tokens
+            positions[i] = length
+            positions[i, : t.size] = t.depth + length
+        key_mask = adapter.ragged_key_mask(lengths, t_len, [t.mask for t in trees], n, device)  # [B, n, T + n]
+        layers = {r.started.verifier.hidden_layer for r in rows} - {None}
+        assert len(layers) <= 1, f"rows of one batch read hidden states at one layer, got {sorted(layers)}"
+        out = adapter.batched_tree_forward(self.model, tokens, positions, self.cache, key_mask,
+                                           hidden_layer=next(iter(layers), None))
+        tv = time.perf_counter()
+        paths: list[tuple[int, ...]] = []
+        records = []
+        for i, (r, p, t, length) in enumerate(zip(rows, planned, trees, lengths)):
+            ver = self._verification(r, t, out.logits[i, : t.size], None if out.hidden is None else out.hidden[i, : t.size], length)
+            records.append(complete(r.started.state, r.proposer, r.rule, p, ver, tv, paths.append))
+        new = adapter.commit_rows(self.cache, t_len, lengths, paths)
+        # A row that just stopped may emit fewer tokens than it committed (a length or stop cut): it leaves the batch.
+        assert all(r.done or m == r.started.state.n_kv for r, m in zip(rows, new)), "batched commit out of step"
+        self.load.observe(b, draft, sum(rec.emitted for rec in records), time.perf_counter() - t0)
+        if draft:
+            self.drafting_steps += 1
+        else:
+            self.plain_steps += 1
+        return records
+
+    def _verification(self, row: Row, tree: Any, logits: torch.Tensor, hidden: torch.Tensor | None,
+                      n_kv: int) -> Verification:
+        """Row `row`'s view of the batched forward: logits [n_b, V], hidden [n_b, H]."""
+        ver = row.started.verifier
+        if ver.sampling.greedy:
+            choose = logits.argmax(dim=-1).tolist().__getitem__
+        else:
+            choose = sampled_chooser(target_probs(logits, ver.sampling), tree, ver.sampler, n_kv)
+        probe = None
+        if hidden is not None:
+            index = self.rows.index(row)
+
+            def probe(node: int, token: int) -> torch.Tensor:
+                path = [tree.token_list[i] for i in tree.path_to(node)]
+                return adapter.chain_hidden(self.model, self.cache, n_kv, path + [token], ver.hidden_layer, row=index)[-1]
+        return Verification(choose=choose, logits=logits, hidden=hidden if row.started.verifier.hidden_layer is not None else None,
+                            probe=probe)
+
+
+@torch.inference_mode()
+def start_row(target: Any, prompt_ids: list[int], method: str, gen: GenerationConfig, config: Any = None, *,
+              draft: Any = None, key: Any = None, on_tokens: Any = None) -> Row:
+    """Prefill `prompt_ids` for `method` (a step-engine method of the registry) as a batch row."""
+    from ..errors import SpecgenError
+    from ..proposers.registry import get_method
+    from .loop import start
+
+    spec = get_method(method)
+    if spec.factory is None:
+        raise SpecgenError(f"method '{method}' runs its own driver and cannot share a batch")
+    cfg = config if config is not None else spec.config_cls()
+    proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
+    started = start(target, prompt_ids, proposer, gen, method=method, on_tokens=on_tokens)
+    return Row(started, proposer, spec.rule(target, cfg), gen, key)

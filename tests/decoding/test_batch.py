@@ -1,0 +1,138 @@
+"""Batched decoding: one forward over [B, n] ragged rows equals each row verified alone; batched
+generation of every lossless method equals solo `ar` per row (greedy and seeded sampling)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from specgen import adapter
+from specgen.config import GenerationConfig, SamplingConfig
+from specgen.decoding.batch import BatchDecoder, LoadAwareDrafting, start_row
+from specgen.decoding.loop import decode
+from specgen.decoding.sizing import TreeSizingConfig
+from specgen.decoding.tree import build_tree
+from specgen.decoding.verify import verify_tree
+from specgen.proposers.base import Candidates, NullProposer
+from specgen.proposers.registry import make_config
+
+from ..conftest import make_tiny_llama
+from .test_verify_commit import prefill
+
+PROMPTS = [[3, 17, 42, 7, 99, 1, 64], [5, 6], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [9, 9, 9, 9]]
+TREES = [Candidates([[5, 9, 2], [5, 3], [8]], [3.0, 2.0, 1.0]), Candidates(), Candidates([[1, 2, 3, 4, 5]], [1.0]),
+         Candidates([[t] for t in range(20, 26)], [1.0] * 6)]
+
+
+@pytest.mark.parametrize("hidden_layer", [None, -1, 0])
+def test_batched_verification_equals_per_sequence_verification(hidden_layer: int | None) -> None:
+    model = make_tiny_llama()
+    solo, caches = [], []
+    for prompt, cands in zip(PROMPTS, TREES):
+        tree = build_tree(prompt[-1], cands, budget=16)
+        cache = prefill(model, prompt[:-1])
+        caches.append(prefill(model, prompt[:-1]))
+        solo.append((tree, verify_tree(model, cache, tree, len(prompt) - 1, hidden_layer=hidden_layer), cache))
+    lengths = [len(p) - 1 for p in PROMPTS]  # ragged: 6, 1, 11, 3 committed entries
+    batch = adapter.stack_caches(caches, lengths)
+    t_len = adapter.cache_length(batch)
+    n = max(t.size for t, _, _ in solo)
+    tokens = torch.zeros(len(PROMPTS), n, dtype=torch.long)
+    positions = torch.zeros(len(PROMPTS), n, dtype=torch.long)
+    for i, ((tree, _, _), length) in enumerate(zip(solo, lengths)):
+        tokens[i, : tree.size], positions[i, : tree.size] = tree.tokens, tree.depth + length
+    mask = adapter.ragged_key_mask(lengths, t_len, [t.mask for t, _, _ in solo], n, "cpu")
+    out = adapter.batched_tree_forward(model, tokens, positions, batch, mask, hidden_layer=hidden_layer)
+    for i, (tree, want, _) in enumerate(solo):
+        torch.testing.assert_close(out.logits[i, : tree.size], want.logits, atol=1e-4, rtol=1e-4)
+        assert out.logits[i, : tree.size].argmax(-1).tolist() == want.logits.argmax(-1).tolist()
+        if hidden_layer is not None:
+            torch.testing.assert_close(out.hidden[i, : tree.size], want.hidden, atol=1e-4, rtol=1e-4)
+    # ragged commit: each row keeps its own accepted path, as committing it alone would
+    paths = [tuple(t.path_to(t.size - 1)) for t, _, _ in solo]
+    new = adapter.commit_rows(batch, t_len, lengths, paths)
+    assert new == [n_kv + len(p) for n_kv, p in zip(lengths, paths)]
+    for row, ((_, _, cache), n_kv, path) in enumerate(zip(solo, lengths, paths)):
+        adapter.commit_cache(cache, n_kv, path)
+        got = adapter.select_cache_row(batch, row, new[row])
+        for a, b in zip(got.layers, cache.layers):
+            torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-5)
+
+
+class _Bundle:
+    def __init__(self, model: Any) -> None:
+        from ..conftest import ByteTokenizer
+
+        self.model, self.tokenizer, self.name, self.eos_ids = model, ByteTokenizer(), "tiny", set()
+
+
+ROWS = [("pld", [1, 2, 3, 1, 2, 3, 1, 2], 20), ("ar", [4, 5], 9), ("sense", [6, 1, 6, 1, 6, 1], 25),
+        ("pld", [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7], 14), ("sense", [2, 3, 4, 5, 2, 3, 4], 18)]
+
+
+def _run_batch(bundle: Any, sampling: SamplingConfig, late: int, load: LoadAwareDrafting | None = None) -> dict[int, list[int]]:
+    """Decode ROWS in one batch; the last `late` rows join after the first step (continuous batching)."""
+    decoder = BatchDecoder(bundle, load)
+    pending = list(enumerate(ROWS))
+    out: dict[int, list[int]] = {}
+    joined = 0
+    while pending or decoder.rows:
+        while pending and (joined < len(ROWS) - late or decoder.drafting_steps + decoder.plain_steps > 0):
+            i, (method, prompt, max_new) = pending.pop(0)
+            gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop_at_eos=False,
+                                   tree_sizing=TreeSizingConfig(mode="budget"))
+            decoder.add(start_row(bundle, prompt, method, gen, make_config(method, {}), key=i))
+            joined += 1
+        if decoder.rows and not any(r.done for r in decoder.rows):
+            decoder.step()
+        for row in [r for r in decoder.rows if r.done]:
+            out[row.key] = decoder.remove(row).token_ids
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_batched_generation_equals_solo_ar_per_row(temperature: float) -> None:
+    bundle = _Bundle(make_tiny_llama(vocab_size=8, seed=4))  # small vocabulary: drafts get accepted
+    sampling = SamplingConfig(temperature=temperature, seed=7)
+    got = _run_batch(bundle, sampling, late=2)
+    for i, (_, prompt, max_new) in enumerate(ROWS):
+        gen = GenerationConfig(max_new_tokens=max_new, sampling=sampling, stop_at_eos=False)
+        want = decode(bundle, prompt, NullProposer(), gen, method="ar").token_ids
+        assert got[i] == want, (i, ROWS[i][0])
+
+
+def test_batched_rows_draft_and_accept() -> None:
+    bundle = _Bundle(make_tiny_llama(vocab_size=8, seed=4))
+    decoder = BatchDecoder(bundle)
+    gen = GenerationConfig(max_new_tokens=30, stop_at_eos=False, tree_sizing=TreeSizingConfig(mode="budget"))
+    rows = [start_row(bundle, p, m, gen, make_config(m, {})) for m, p, _ in ROWS[:3]]
+    for r in rows:
+        decoder.add(r)
+    while not any(r.done for r in decoder.rows):
+        decoder.step()
+    assert decoder.drafting_steps > 0
+    assert sum(r.started.state.stats.accepted for r in rows) > 0
+
+
+def test_spec_disable_batch_size_verifies_no_drafts() -> None:
+    bundle = _Bundle(make_tiny_llama(vocab_size=8, seed=4))
+    got = _run_batch(bundle, SamplingConfig(), late=0, load=LoadAwareDrafting(spec_disable_batch_size=2))
+    for i, (_, prompt, max_new) in enumerate(ROWS):  # still every row's own ar answer
+        gen = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+        assert got[i] == decode(bundle, prompt, NullProposer(), gen, method="ar").token_ids
+
+
+def test_load_aware_drafting_keeps_the_faster_arm_and_explores() -> None:
+    load = LoadAwareDrafting(explore_every=4)
+    assert load.should_draft(1) and load.should_draft(4)  # nothing measured yet: draft first
+    load.observe(4, True, 8, 1.0)  # 8 tokens/s with drafts
+    assert not load.should_draft(4)  # then measure without
+    load.observe(4, False, 12, 1.0)  # 12 tokens/s without: drafting does not pay at B = 4
+    picks = [load.should_draft(4) for _ in range(8)]
+    assert picks.count(True) == 2 and picks.count(False) == 6  # every 4th step re-tries drafting
+    load.observe(2, True, 20, 1.0)
+    load.observe(2, False, 10, 1.0)
+    assert load.should_draft(2)  # each batch size has its own measurements
+    assert not LoadAwareDrafting(spec_disable_batch_size=3).should_draft(3)
