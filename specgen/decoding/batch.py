@@ -7,9 +7,9 @@ count and verifies them in one forward over [B, n] with per-row positions and ma
 `adapter.commit_rows`). With one row the plain `engine.step` runs, exactly what `generate` does.
 
 Load-aware drafting (`LoadAwareDrafting`): past a batch size a verification forward stops being
-nearly free (it becomes compute-bound), and drafting then costs more than it saves. Per batch size
-the decoder measures the throughput (emitted tokens per second) of steps with and without drafts
-and keeps the better, exploring the other now and then; `spec_disable_batch_size` (vLLM's
+nearly free (it becomes compute-bound), and drafting then costs more than it saves. The decoder
+measures the forward time per (batch size, node count) and verifies the drafts only when the rows'
+expected accepted tokens pay for the longer forward; `spec_disable_batch_size` (vLLM's
 `--spec-disable-batch-size`) switches drafting off from that batch size on, whatever is measured.
 """
 from __future__ import annotations
@@ -22,11 +22,12 @@ import torch
 
 from .. import adapter
 from ..config import GenerationConfig
-from ..proposers.base import Proposer
+from ..proposers.base import Candidates, Proposer
 from .accept import sampled_chooser, target_probs
-from .engine import AcceptRule, Verification, complete, plan, step
+from .engine import AcceptRule, Planned, Verification, complete, plan, step
 from .loop import DecodeResult, Started, finish
 from .stats import StepRecord
+from .tree import build_tree
 
 
 @dataclass
@@ -44,35 +45,54 @@ class Row:
         return self.started.state.done
 
 
+def _bucket(n: int) -> int:
+    """Node counts pooled by power of two for the cost table (cost grows monotonically with n)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 @dataclass
 class LoadAwareDrafting:
-    """Per batch size: draft or not, whichever measured more tokens per second (module docstring)."""
+    """Per step of B rows: verify the planned drafts or only the pending tokens, by a measured cost model.
+
+    c(B, n) is the measured time of a batched forward over B rows of n nodes (EWMA per B and
+    power-of-two n); the drafts are verified when the expected tokens per second with them,
+    sum_b (1 + E[accepted_b]) / (planning time + c(B, n)), is at least B / c(B, 1), E[accepted_b]
+    being row b's moving average of accepted draft tokens (its `DraftPolicy`). An unmeasured shape
+    is measured first; every `explore_every`-th step at a batch size drafts anyway, so acceptance
+    estimates stay current. `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches
+    drafting off from that batch size on, whatever is measured.
+    """
 
     spec_disable_batch_size: int | None = None  # draft nothing at this batch size and above
-    explore_every: int = 16  # steps between tries of the arm that measured worse
-    decay: float = 0.8  # weight of the previous throughput estimate
-    rates: dict[tuple[int, bool], float] = field(default_factory=dict)  # (B, draft?) -> tokens/s
+    explore_every: int = 16
+    decay: float = 0.7  # weight of the previous estimate
+    costs: dict[tuple[int, int], float] = field(default_factory=dict)  # (B, n bucket) -> forward seconds
+    plan_s: dict[int, float] = field(default_factory=dict)  # B -> planning seconds of a drafting step
     steps: dict[int, int] = field(default_factory=dict)
 
-    def should_draft(self, b: int) -> bool:
-        if b <= 1:
-            return True  # a single row is `generate`'s own step (its policy and sizer decide)
-        if self.spec_disable_batch_size is not None and b >= self.spec_disable_batch_size:
-            return False
-        self.steps[b] = self.steps.get(b, 0) + 1
-        with_draft, without = self.rates.get((b, True)), self.rates.get((b, False))
-        if with_draft is None:
-            return True
-        if without is None:
-            return False
-        better = with_draft >= without
-        return better if self.steps[b] % self.explore_every else not better
+    def enabled(self, b: int) -> bool:
+        """Whether rows may draft at all at batch size b (the hard override)."""
+        return self.spec_disable_batch_size is None or b < self.spec_disable_batch_size
 
-    def observe(self, b: int, drafted: bool, tokens: int, seconds: float) -> None:
-        if b <= 1 or seconds <= 0:
-            return
-        rate, old = tokens / seconds, self.rates.get((b, drafted))
-        self.rates[(b, drafted)] = rate if old is None else self.decay * old + (1 - self.decay) * rate
+    def should_verify(self, b: int, n: int, expected_tokens: float) -> bool:
+        """Verify B rows' drafts padded to n nodes (expected to emit `expected_tokens`), or plain steps."""
+        if n <= 1:
+            return True
+        self.steps[b] = self.steps.get(b, 0) + 1
+        plain, draft = self.costs.get((b, 1)), self.costs.get((b, _bucket(n)))
+        if plain is None:
+            return False  # measure a plain step first
+        if draft is None or self.steps[b] % self.explore_every == 0:
+            return True
+        return expected_tokens / (self.plan_s.get(b, 0.0) + draft) >= b / plain
+
+    def observe(self, b: int, n: int, forward_s: float, plan_s: float) -> None:
+        key = (b, _bucket(n))
+        old = self.costs.get(key)
+        self.costs[key] = forward_s if old is None else self.decay * old + (1 - self.decay) * forward_s
+        if n > 1:
+            prev = self.plan_s.get(b)
+            self.plan_s[b] = plan_s if prev is None else self.decay * prev + (1 - self.decay) * plan_s
 
 
 class BatchDecoder:
@@ -127,14 +147,20 @@ class BatchDecoder:
     def _batched_step(self) -> list[StepRecord]:
         rows, device = self.rows, self.model.device
         b = len(rows)
-        draft = self.load.should_draft(b)
         t0 = time.perf_counter()
         planned = []
         for r in rows:
             state = r.started.state
-            budget, state.node_budget = state.node_budget, state.node_budget if draft else 0
+            budget, state.node_budget = state.node_budget, state.node_budget if self.load.enabled(b) else 0
             planned.append(plan(state, r.proposer, device))
             state.node_budget = budget
+        t_plan = time.perf_counter() - t0
+        n = max(p.tree.size for p in planned)
+        expected = sum(1.0 + (r.started.state.policy.average if p.tree.size > 1 else 0.0) for r, p in zip(rows, planned))
+        draft = self.load.should_verify(b, n, expected)
+        if not draft:  # only the pending tokens: the drafts would cost more than they are expected to save
+            planned = [Planned(build_tree(r.started.state.tokens[-1], Candidates(), 0, device=device), p.t_start,
+                               p.t_planned) for r, p in zip(rows, planned)]
         trees = [p.tree for p in planned]
         n = max(t.size for t in trees)
         lengths = [r.started.state.n_kv for r in rows]
@@ -148,9 +174,11 @@ class BatchDecoder:
         key_mask = adapter.ragged_key_mask(lengths, t_len, [t.mask for t in trees], n, device)  # [B, n, T + n]
         layers = {r.started.verifier.hidden_layer for r in rows} - {None}
         assert len(layers) <= 1, f"rows of one batch read hidden states at one layer, got {sorted(layers)}"
+        tf = time.perf_counter()
         out = adapter.batched_tree_forward(self.model, tokens, positions, self.cache, key_mask,
                                            hidden_layer=next(iter(layers), None))
         tv = time.perf_counter()
+        self.load.observe(b, n, tv - tf, t_plan)
         paths: list[tuple[int, ...]] = []
         records = []
         for i, (r, p, t, length) in enumerate(zip(rows, planned, trees, lengths)):
@@ -159,8 +187,7 @@ class BatchDecoder:
         new = adapter.commit_rows(self.cache, t_len, lengths, paths)
         # A row that just stopped may emit fewer tokens than it committed (a length or stop cut): it leaves the batch.
         assert all(r.done or m == r.started.state.n_kv for r, m in zip(rows, new)), "batched commit out of step"
-        self.load.observe(b, draft, sum(rec.emitted for rec in records), time.perf_counter() - t0)
-        if draft:
+        if n > 1:
             self.drafting_steps += 1
         else:
             self.plain_steps += 1

@@ -124,15 +124,48 @@ def test_spec_disable_batch_size_verifies_no_drafts() -> None:
         assert got[i] == decode(bundle, prompt, NullProposer(), gen, method="ar").token_ids
 
 
-def test_load_aware_drafting_keeps_the_faster_arm_and_explores() -> None:
+def test_load_aware_drafting_verifies_drafts_only_where_the_measured_costs_pay() -> None:
     load = LoadAwareDrafting(explore_every=4)
-    assert load.should_draft(1) and load.should_draft(4)  # nothing measured yet: draft first
-    load.observe(4, True, 8, 1.0)  # 8 tokens/s with drafts
-    assert not load.should_draft(4)  # then measure without
-    load.observe(4, False, 12, 1.0)  # 12 tokens/s without: drafting does not pay at B = 4
-    picks = [load.should_draft(4) for _ in range(8)]
-    assert picks.count(True) == 2 and picks.count(False) == 6  # every 4th step re-tries drafting
-    load.observe(2, True, 20, 1.0)
-    load.observe(2, False, 10, 1.0)
-    assert load.should_draft(2)  # each batch size has its own measurements
-    assert not LoadAwareDrafting(spec_disable_batch_size=3).should_draft(3)
+    assert not load.should_verify(4, 9, 8.0)  # nothing measured: a plain step first
+    load.observe(4, 1, 0.10, 0.0)  # c(4, 1) = 0.1 s
+    assert load.should_verify(4, 9, 8.0)  # c(4, 16 bucket) unknown: measure it
+    load.observe(4, 9, 0.30, 0.0)  # c(4, 16) = 0.3 s: 3 plain steps
+    # 4 rows at 1 token per plain step = 40 tokens/s; drafting must expect > 12 tokens per step
+    picks = [load.should_verify(4, 9, 8.0) for _ in range(8)]
+    assert picks.count(True) == 2  # only the exploration steps (every 4th)
+    assert all(load.should_verify(4, 9, 12.5) for _ in range(3))
+    assert load.should_verify(4, 1, 4.0)  # nothing drafted: nothing to decide
+    assert not LoadAwareDrafting(spec_disable_batch_size=3).enabled(3) and LoadAwareDrafting().enabled(64)
+
+
+def test_bucketed_costs_pool_node_counts() -> None:
+    from specgen.decoding.batch import _bucket
+
+    assert [_bucket(n) for n in (1, 2, 3, 4, 5, 9, 16, 17)] == [1, 2, 4, 4, 8, 16, 16, 32]
+
+
+class _NeverVerify(LoadAwareDrafting):
+    def should_verify(self, b: int, n: int, expected_tokens: float) -> bool:
+        return n <= 1
+
+
+@pytest.mark.parametrize("always_verify", [True, False])
+def test_discarded_and_verified_drafts_of_every_proposer_keep_rows_exact(always_verify: bool) -> None:
+    """Rows whose planned drafts are dropped by the load policy (their proposers planned, then saw a
+    plain step) and rows verified in full: each row's output is still its solo ar output."""
+    bundle = _Bundle(make_tiny_llama(vocab_size=8, seed=4, layers=3))
+    decoder = BatchDecoder(bundle, LoadAwareDrafting(explore_every=1) if always_verify else _NeverVerify())
+    rows = [("sd", [1, 2, 3, 1, 2], 16), ("pld", [4, 5, 4, 5, 4], 12), ("sd", [6, 6, 1], 10)]
+    gen = {n: GenerationConfig(max_new_tokens=n, stop_at_eos=False, tree_sizing=TreeSizingConfig(mode="budget"))
+           for _, _, n in rows}
+    cfgs = {"sd": make_config("sd", {"draft_layers": 1}), "pld": make_config("pld", {})}
+    for i, (m, p, n) in enumerate(rows):
+        decoder.add(start_row(bundle, p, m, gen[n], cfgs[m], key=i))
+    out = {}
+    while decoder.rows:
+        decoder.step()
+        for row in [r for r in decoder.rows if r.done]:
+            out[row.key] = decoder.remove(row).token_ids
+    for i, (_, p, n) in enumerate(rows):
+        assert out[i] == decode(bundle, p, NullProposer(), gen[n], method="ar").token_ids, i
+    assert (decoder.drafting_steps > 0) == always_verify
