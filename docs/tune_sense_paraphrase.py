@@ -7,7 +7,8 @@
 
 Embedded model, one thread, trace replay (node budget 16, adaptive draft policy, 128 new tokens):
 the same library calls `specgen bench replay --suite paraphrase` makes, looped over settings
-(replay takes one config per method). Traces are cached in $TMPDIR/para_<split>.pt.
+(replay takes one config per method). Traces are cached in $TMPDIR/para_<split>.pt (or
+$SPECGEN_TRACES); $SPECGEN_MODEL names another target, $SPECGEN_LIMIT caps paraphrases per category.
 The gate is lossy, so it is decoded live (greedy, the default sizing) and compared with the
 recorded `ar` answer: tau, exact match, ROUGE-L and the target's embedding cosine.
 """
@@ -61,11 +62,13 @@ def main(split: str, mode: str = "replay") -> None:
     bundle = load_model(os.environ.get("SPECGEN_MODEL"))
     pairs = split_pairs(load_pairs(), split)
     index = str(ensure_datastore(bundle, pairs))
-    key = {"split": split, "model": bundle.identity()}
-    path = os.path.join(tempfile.gettempdir(), f"para_{split}.pt")
+    limit = int(os.environ["SPECGEN_LIMIT"]) if os.environ.get("SPECGEN_LIMIT") else None  # per category
+    # The key `specgen bench replay --suite paraphrase --split S --limit L --traces F` writes: its F is reused here.
+    key = {"model": bundle.identity(), "suite": f"paraphrase:{split}:None", "limit": limit, "max_new_tokens": 128}
+    path = os.environ.get("SPECGEN_TRACES") or os.path.join(tempfile.gettempdir(), f"para_{split}.pt")
     traces = traces_for(read_traces(path), key)
     if traces is None:
-        traces = record_questions(bundle, paraphrase_questions(pairs), 128)
+        traces = record_questions(bundle, paraphrase_questions(pairs, limit), 128)
         save_traces(path, traces, key)
     if mode == "gate":
         gate(bundle, traces, index, split)
