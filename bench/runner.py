@@ -41,6 +41,7 @@ INDEX_FIELDS = ("index", "index_path", "index_dir")
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sense-gate": ("sense", {"gate_enabled": True}),
     "sense-gate-hidden": ("sense", {"gate_enabled": True, "gate_signal": "hidden"}),
+    "sense-focused": ("sense", {"preset": "focused"}),
     "specguard-conf": ("specguard", {"signals": "confidence"}),
     "specguard-ground": ("specguard", {"signals": "grounding"}),
     "specguard-paper": ("specguard", {"preset": "paper"}),

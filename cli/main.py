@@ -142,7 +142,8 @@ def generate(
     max_step_tokens: Optional[int] = typer.Option(None, "--max-step-tokens", help="specguard: token cap per step."),
     recompute_method: Optional[str] = typer.Option(None, "--recompute-method", help="specguard: token-level method for rejected steps."),
     preset: Optional[str] = typer.Option(None, "--preset", help="specguard: measured (default) | paper (grounding "
-                                                                "higher = better, both signals must pass)."),
+                                                                "higher = better, both signals must pass); sense: "
+                                                                "default | focused (a small on-topic datastore)."),
     exchange: Optional[str] = typer.Option(None, "--exchange", help="specguard: auto | tokens | text (how steps cross)."),
 ) -> None:
     """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""

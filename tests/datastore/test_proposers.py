@@ -143,3 +143,12 @@ def test_gate_on_accepts_non_matching_drafts_and_is_reproducible(signal: str, te
     again = generate(bundle, prompt, method="sense", gen=gen, method_config=cfg)
     assert first.stats.gated > 0
     assert first.token_ids == again.token_ids
+
+
+def test_sense_focused_preset_under_explicit_options() -> None:
+    focused = make_config("sense", {"preset": "focused"})
+    assert (focused.min_score, focused.min_similarity, focused.datastore_weight) == (0.25, 0.1, 1.0)
+    assert make_config("sense", {"preset": "focused", "min_score": 0.4}).min_score == 0.4
+    assert make_config("sense", {"preset": "default"}) == SenseConfig()
+    with pytest.raises(SpecgenError, match="unknown sense preset"):
+        make_config("sense", {"preset": "wide"})
