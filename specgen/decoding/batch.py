@@ -183,7 +183,7 @@ class BatchDecoder:
         records = []
         for i, (r, p, t, length) in enumerate(zip(rows, planned, trees, lengths)):
             ver = self._verification(r, t, out.logits[i, : t.size], None if out.hidden is None else out.hidden[i, : t.size], length)
-            records.append(complete(r.started.state, r.proposer, r.rule, p, ver, tv, paths.append))
+            records.append(complete(r.started.state, r.proposer, r.rule, p, ver, tv, paths.append, own_forward=False))
         new = adapter.commit_rows(self.cache, t_len, lengths, paths)
         # A row that just stopped may emit fewer tokens than it committed (a length or stop cut): it leaves the batch.
         assert all(r.done or m == r.started.state.n_kv for r, m in zip(rows, new)), "batched commit out of step"

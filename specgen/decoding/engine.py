@@ -137,10 +137,14 @@ def plan(state: DecodeState, proposer: Proposer, device: torch.device) -> Planne
 
 
 def complete(state: DecodeState, proposer: Proposer, rule: AcceptRule, planned: Planned, ver: Verification,
-             t_verified: float, commit: Callable[[tuple[int, ...]], None]) -> StepRecord:
-    """Accept a path of the verified tree, `commit` its KV entries, emit (the second half of `step`)."""
+             t_verified: float, commit: Callable[[tuple[int, ...]], None], *, own_forward: bool = True) -> StepRecord:
+    """Accept a path of the verified tree, `commit` its KV entries, emit (the second half of `step`).
+
+    `own_forward=False` (a batched step: the forward verified other rows too) keeps its time out
+    of the row's cost profile, which is a batch-1 calibration saved for later runs."""
     tree, tb, tc = planned.tree, planned.t_planned, t_verified
-    state.sizer.observe_time(tree.size, tc - tb)
+    if own_forward:
+        state.sizer.observe_time(tree.size, tc - tb)
     acc = rule.accept(tree, ver)
     commit(acc.path)
     state.sizer.observe(tree, acc.path)
