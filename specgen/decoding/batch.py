@@ -23,8 +23,7 @@ import torch
 from .. import adapter
 from ..config import GenerationConfig
 from ..proposers.base import Candidates, Proposer
-from .accept import sampled_chooser, target_probs
-from .engine import AcceptRule, Planned, Verification, complete, plan, step
+from .engine import AcceptRule, Planned, complete, plan, step
 from .loop import DecodeResult, Started, finish
 from .stats import StepRecord
 from .tree import build_tree
@@ -182,7 +181,9 @@ class BatchDecoder:
         paths: list[tuple[int, ...]] = []
         records = []
         for i, (r, p, t, length) in enumerate(zip(rows, planned, trees, lengths)):
-            ver = self._verification(r, t, out.logits[i, : t.size], None if out.hidden is None else out.hidden[i, : t.size], length)
+            wants = out.hidden is not None and r.started.verifier.hidden_layer is not None
+            ver = r.started.verifier.verification(t, out.logits[i, : t.size], out.hidden[i, : t.size] if wants else None,
+                                                  self.cache, length, row=i)
             records.append(complete(r.started.state, r.proposer, r.rule, p, ver, tv, paths.append, own_forward=False))
         new = adapter.commit_rows(self.cache, t_len, lengths, paths)
         # A row that just stopped may emit fewer tokens than it committed (a length or stop cut): it leaves the batch.
@@ -192,25 +193,6 @@ class BatchDecoder:
         else:
             self.plain_steps += 1
         return records
-
-    def _verification(self, row: Row, tree: Any, logits: torch.Tensor, hidden: torch.Tensor | None,
-                      n_kv: int) -> Verification:
-        """Row `row`'s view of the batched forward: logits [n_b, V], hidden [n_b, H]."""
-        ver = row.started.verifier
-        if ver.sampling.greedy:
-            choose = logits.argmax(dim=-1).tolist().__getitem__
-        else:
-            choose = sampled_chooser(target_probs(logits, ver.sampling), tree, ver.sampler, n_kv)
-        probe = None
-        if hidden is not None:
-            index = self.rows.index(row)
-
-            def probe(node: int, token: int) -> torch.Tensor:
-                path = [tree.token_list[i] for i in tree.path_to(node)]
-                return adapter.chain_hidden(self.model, self.cache, n_kv, path + [token], ver.hidden_layer, row=index)[-1]
-        return Verification(choose=choose, logits=logits, hidden=hidden if row.started.verifier.hidden_layer is not None else None,
-                            probe=probe)
-
 
 @torch.inference_mode()
 def start_row(target: Any, prompt_ids: list[int], method: str, gen: GenerationConfig, config: Any = None, *,

@@ -54,22 +54,28 @@ class ModelVerifier:
         return self.sampler.sample(target_probs(logits.view(1, -1), self.sampling)[0], pos)
 
     def verify(self, state: "DecodeState", tree: Tree) -> "Verification":
+        out = verify_tree(self.model, state.cache, tree, state.n_kv, hidden_layer=self.hidden_layer)
+        return self.verification(tree, out.logits, out.hidden, state.cache, state.n_kv)
+
+    def verification(self, tree: Tree, logits: torch.Tensor, hidden: torch.Tensor | None, cache: Any, n_kv: int,
+                     row: int = 0) -> "Verification":
+        """What the target says about `tree` from its logits [n, V] (and hidden [n, H]), the tree
+        verified on `cache`'s batch row `row` after its first `n_kv` entries (a batched step's row too)."""
         from .engine import Verification
 
-        out = verify_tree(self.model, state.cache, tree, state.n_kv, hidden_layer=self.hidden_layer)
         choose: Callable[[int], int]
         if self.sampling.greedy:
-            choose = out.logits.argmax(dim=-1).tolist().__getitem__  # one host read of n ints
+            choose = logits.argmax(dim=-1).tolist().__getitem__  # one host read of n ints
         else:
-            choose = sampled_chooser(target_probs(out.logits, self.sampling), tree, self.sampler, state.n_kv)
+            choose = sampled_chooser(target_probs(logits, self.sampling), tree, self.sampler, n_kv)
         probe = None
         if self.hidden_layer is not None:
-            cache, n_kv, layer = state.cache, state.n_kv, self.hidden_layer
+            layer = self.hidden_layer
 
             def probe(node: int, token: int) -> torch.Tensor:
                 path = [tree.token_list[i] for i in tree.path_to(node)]
-                return adapter.chain_hidden(self.model, cache, n_kv, path + [token], layer)[-1]  # [H]
-        return Verification(choose=choose, logits=out.logits, hidden=out.hidden, probe=probe)
+                return adapter.chain_hidden(self.model, cache, n_kv, path + [token], layer, row=row)[-1]  # [H]
+        return Verification(choose=choose, logits=logits, hidden=hidden, probe=probe)
 
     def commit(self, state: "DecodeState", path: tuple[int, ...]) -> None:
         adapter.commit_cache(state.cache, state.n_kv, path)
