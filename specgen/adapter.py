@@ -71,6 +71,13 @@ class ForwardOutput:
     grounding: dict[int, torch.Tensor]  # layer -> [Hq, n] attention mass on the grounding span
 
 
+def _logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """fp32 logits [..., V] of final hidden states [..., H], with the model's logit soft-capping (Gemma)."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 @torch.inference_mode()
 def tree_forward(model: Any, tokens: torch.Tensor, positions: torch.Tensor, cache: Any,
                  tree_mask: torch.Tensor, *, hidden_layer: int | None = None,
@@ -91,11 +98,7 @@ def tree_forward(model: Any, tokens: torch.Tensor, positions: torch.Tensor, cach
                               past_key_values=cache, use_cache=True, output_hidden_states=want_all,
                               specgen_tree=ctx)
     final = out.last_hidden_state[0]  # [n, H]
-    picked = final if logits_for is None else final[logits_for]  # [m, H]
-    logits = model.get_output_embeddings()(picked).float()  # [m, V]
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = _logits(model, final if logits_for is None else final[logits_for])  # [m, V]
     hidden = None
     if hidden_layer is not None:
         hidden = final if hidden_layer < 0 else out.hidden_states[hidden_layer + 1][0]  # [n, H]
@@ -251,17 +254,13 @@ def batched_tree_forward(model: Any, tokens: torch.Tensor, positions: torch.Tens
                          key_mask: torch.Tensor, *, hidden_layer: int | None = None) -> ForwardOutput:
     """One forward of B padded trees: tokens, positions [B, n] on top of the ragged `cache` [B, ., T, .],
     key_mask [B, n, T + n] (`ragged_key_mask`). Logits [B, n, V], hidden [B, n, H]; the cache grows by n."""
-
     b, n = tokens.shape
     assert positions.shape == (b, n) and key_mask.shape == (b, n, cache_length(cache) + n), "batch shapes disagree"
     want_all = hidden_layer is not None and hidden_layer >= 0
     out = model.get_decoder()(input_ids=tokens, position_ids=positions, past_key_values=cache, use_cache=True,
                               output_hidden_states=want_all, specgen_tree=BatchTreeContext(key_mask))
     final = out.last_hidden_state  # [B, n, H]
-    logits = model.get_output_embeddings()(final).float()  # [B, n, V]
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = _logits(model, final)  # [B, n, V]
     hidden = None
     if hidden_layer is not None:
         hidden = final if hidden_layer < 0 else out.hidden_states[hidden_layer + 1]  # [B, n, H]
