@@ -56,10 +56,14 @@ class LoadAwareDrafting:
     c(B, n) is the measured time of a batched forward over B rows of n nodes (EWMA per B and
     power-of-two n); the drafts are verified when the expected tokens per second with them,
     sum_b (1 + E[accepted_b]) / (planning time + c(B, n)), is at least B / c(B, 1), E[accepted_b]
-    being row b's moving average of accepted draft tokens (its `DraftPolicy`). An unmeasured shape
-    is measured first; every `explore_every`-th step at a batch size drafts anyway, so acceptance
-    estimates stay current. `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches
-    drafting off from that batch size on, whatever is measured.
+    being row b's moving average of accepted draft tokens (its `DraftPolicy`). The plain step is
+    measured first. An unmeasured draft shape is estimated from the rows' batch-1 cost profile when
+    one is known (`profile`: B rows of n nodes cost about what one row of B * n tokens does, the
+    matmuls seeing the same number of tokens), c(B, n) ~ c(B, 1) * c_1(B * n) / c_1(B), and else
+    measured. Drafting runs anyway every `explore_every` steps times the draft shape's relative cost
+    (an exploration's share of time stays about the same), so acceptance estimates stay current.
+    `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches drafting off from that
+    batch size on, whatever is measured.
     """
 
     spec_disable_batch_size: int | None = None  # draft nothing at this batch size and above
@@ -68,6 +72,7 @@ class LoadAwareDrafting:
     costs: dict[tuple[int, int], float] = field(default_factory=dict)  # (B, n bucket) -> forward seconds
     plan_s: dict[int, float] = field(default_factory=dict)  # B -> planning seconds of a drafting step
     steps: dict[int, int] = field(default_factory=dict)
+    profile: Any = None  # the rows' batch-1 CostProfile (relative cost of a forward over n tokens)
 
     def enabled(self, b: int) -> bool:
         """Whether rows may draft at all at batch size b (the hard override)."""
@@ -78,10 +83,15 @@ class LoadAwareDrafting:
         if n <= 1:
             return True
         self.steps[b] = self.steps.get(b, 0) + 1
-        plain, draft = self.costs.get((b, 1)), self.costs.get((b, _bucket(n)))
+        plain = self.costs.get((b, 1))
         if plain is None:
             return False  # measure a plain step first
-        if draft is None or self.steps[b] % self.explore_every == 0:
+        draft = self.costs.get((b, _bucket(n)))
+        if draft is None and self.profile is not None:
+            draft = plain * self.profile(b * _bucket(n)) / self.profile(b)
+        if draft is None:
+            return True  # measure it
+        if self.steps[b] % max(1, round(self.explore_every * draft / plain)) == 0:
             return True
         return expected_tokens / (self.plan_s.get(b, 0.0) + draft) >= b / plain
 
@@ -107,6 +117,8 @@ class BatchDecoder:
     @torch.inference_mode()
     def add(self, row: Row) -> None:
         """Join `row` (just started: its state's cache holds its prompt) to the batch."""
+        if self.load.profile is None:  # rows share the target, so any row's profile is the batch's
+            self.load.profile = row.started.state.sizer.profile
         self._restack(self.rows + [row])
 
     @torch.inference_mode()

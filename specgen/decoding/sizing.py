@@ -50,9 +50,9 @@ class TreeSizingConfig:
     costs: tuple[float, ...] | None = None
     prior_mean: float = 0.3  # acceptance probability of a node before any evidence
     prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
-    # After this many drafting steps in a row sized to nothing, verify `explore_nodes` anyway: an
-    # acceptance calibration (or a cost profile timed on a busy machine) that never lets a node be
-    # verified would otherwise never be corrected. 0 = never.
+    # After this many drafting steps in a row sized to nothing (times the exploring forward's relative
+    # cost), verify `explore_nodes` anyway: an acceptance calibration (or a cost profile timed on a
+    # busy machine) that never lets a node be verified would otherwise never be corrected. 0 = never.
     explore_every: int = 8
     explore_nodes: int = 3
 
@@ -222,6 +222,14 @@ class TreeSizer:
         self.depth_starved = 0
 
     @property
+    def explore_interval(self) -> int:
+        """Starved steps between explorations: `explore_every`, stretched by what an exploring forward
+        costs over a plain one, so that exploration takes about the same share of time on any model
+        (a compute-bound model, where 4 tokens cost 3 plain steps, explores 3x less often)."""
+        extra = self.profile(1 + self.cfg.explore_nodes) / self.profile(1) if self.profile is not None else 1.0
+        return max(1, round(self.cfg.explore_every * extra))
+
+    @property
     def size_fn(self) -> Callable[[list[float], list[int]], int] | None:
         return self._size if self.profile is not None else None
 
@@ -231,7 +239,7 @@ class TreeSizer:
         n = choose_size([self.calibration.prob(s, d) for s, d in zip(scores, depths)], self.profile, len(scores))
         if n == 0 and scores and self.cfg.explore_every:
             self.starved += 1
-            if self.starved >= self.cfg.explore_every:
+            if self.starved >= self.explore_interval:
                 self.starved = 0
                 return min(len(scores), self.cfg.explore_nodes)
         elif n:
@@ -258,7 +266,7 @@ class TreeSizer:
                 best_k, best_rate = k, rate
         if best_k == 0 and self.cfg.explore_every:
             self.depth_starved += 1
-            if self.depth_starved >= self.cfg.explore_every:  # as in `_size`: keep the estimate correctable
+            if self.depth_starved >= self.explore_interval:  # as in `_size`: keep the estimate correctable
                 self.depth_starved = 0
                 return min(budget, self.cfg.explore_nodes)
         elif best_k:

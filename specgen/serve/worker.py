@@ -98,11 +98,35 @@ class Worker:
         from ..decoding.batch import BatchDecoder, LoadAwareDrafting
 
         self.decoder = BatchDecoder(self.bundle, LoadAwareDrafting(self.cfg.spec_disable_batch_size))
+        self._warm()
         while True:
             if not self._admit():
                 return
             if self.decoder.rows:
                 self._step()
+
+    def _warm(self) -> None:
+        """Time the model's verification cost profile (cached on disk) before the first request, as
+        an engine profiles at start-up: no request pays for the calibration in its latency."""
+        import torch
+
+        from ..config import GenerationConfig
+        from ..decoding.profiles import cost_profile
+        from ..adapter import use_tree_attention
+        from ..decoding.verify import prefill
+
+        sizing = GenerationConfig().tree_sizing
+        if sizing.mode != "cost":
+            return
+        vocab = int(self.bundle.model.config.vocab_size)
+        ids = [i % vocab for i in range(1, 17)]  # any 16 tokens: the timing does not depend on them
+        try:
+            use_tree_attention(self.bundle.model)
+            with torch.inference_mode():
+                cache, _, _ = prefill(self.bundle.model, ids)
+                cost_profile(self.bundle.model, cache, len(ids), sizing)
+        except Exception:  # noqa: BLE001 - then the first drafting request times it, as generate does
+            pass
 
     def _admit(self) -> bool:
         """Move queued jobs into the batch while it has room (wait for one when it is empty); False on stop."""

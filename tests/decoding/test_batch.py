@@ -131,11 +131,27 @@ def test_load_aware_drafting_verifies_drafts_only_where_the_measured_costs_pay()
     assert load.should_verify(4, 9, 8.0)  # c(4, 16 bucket) unknown: measure it
     load.observe(4, 9, 0.30, 0.0)  # c(4, 16) = 0.3 s: 3 plain steps
     # 4 rows at 1 token per plain step = 40 tokens/s; drafting must expect > 12 tokens per step
-    picks = [load.should_verify(4, 9, 8.0) for _ in range(8)]
-    assert picks.count(True) == 2  # only the exploration steps (every 4th)
+    picks = [load.should_verify(4, 9, 8.0) for _ in range(24)]
+    assert picks.count(True) == 2  # only the exploration steps: every 4 x 3 (the shape's relative cost)
     assert all(load.should_verify(4, 9, 12.5) for _ in range(3))
     assert load.should_verify(4, 1, 4.0)  # nothing drafted: nothing to decide
     assert not LoadAwareDrafting(spec_disable_batch_size=3).enabled(3) and LoadAwareDrafting().enabled(64)
+
+
+def test_unmeasured_draft_shapes_are_estimated_from_the_batch_1_profile() -> None:
+    from specgen.decoding.sizing import CostProfile
+
+    # one row: 1 token costs 1, 8 tokens 2, 32 tokens 8 (compute-bound past 8)
+    profile = CostProfile([1, 2, 8, 32], [0.1, 0.1, 0.2, 0.8])
+    load = LoadAwareDrafting(explore_every=100, profile=profile)
+    load.observe(2, 1, 0.1, 0.0)
+    # c(2, 4) ~ c(2, 1) * c_1(8) / c_1(2) = 0.2 s: 2 rows expecting 3 tokens each pay (30 > 20 tokens/s)
+    assert load.should_verify(2, 4, 6.0)
+    assert not load.should_verify(2, 4, 3.0)  # 15 < 20 tokens/s: not measured, not verified
+    # c(2, 16) ~ 0.1 * c_1(32) / c_1(2) = 0.8 s: 16 expected tokens (20/s) only just pay
+    assert load.should_verify(2, 16, 16.5) and not load.should_verify(2, 16, 15.0)
+    load.observe(2, 16, 0.3, 0.0)  # measured: cheaper than estimated, the measurement counts
+    assert load.should_verify(2, 16, 7.0)
 
 
 def test_bucketed_costs_pool_node_counts() -> None:

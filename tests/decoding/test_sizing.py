@@ -151,8 +151,9 @@ def test_a_faster_forward_refines_the_profile_and_keeps_it_monotone() -> None:
 def test_sizing_that_starves_explores_and_a_timed_sizer_learns_from_its_forwards() -> None:
     cfg = TreeSizingConfig(sizes=(1, 2, 3, 4), costs=(1.0, 3.0, 3.0, 3.0), explore_every=4, explore_nodes=2)
     sizer = TreeSizer(CostProfile([1, 2, 3, 4], [0.1, 0.3, 0.3, 0.3]), cfg, timed=True)
-    sizes = [sizer.size_fn([1.0, 1.0, 1.0], [1, 2, 3]) for _ in range(8)]  # type: ignore[misc]
-    assert sizes == [0, 0, 0, 2, 0, 0, 0, 2]  # 2 nodes never pay at c(2) = 3, yet every 4th step tries
+    sizes = [sizer.size_fn([1.0, 1.0, 1.0], [1, 2, 3]) for _ in range(24)]  # type: ignore[misc]
+    # 2 nodes never pay at c(2) = 3, yet every 4 x c(3) = 12th step tries
+    assert sizes == ([0] * 11 + [2]) * 2
     sizer.observe_time(3, 0.105)  # the 3-token forward ran almost as fast as one token
     assert sizer.refined and sizer.profile is not None and sizer.profile(3) == pytest.approx(1.05)
     untimed = TreeSizer(CostProfile([1, 2], [0.1, 0.3]), cfg)
@@ -196,8 +197,8 @@ def test_depth_limit_explores_after_starving() -> None:
     sizer = TreeSizer(CostProfile(list(sizes), [0.01 * n for n in sizes]),
                       TreeSizingConfig(explore_every=4, explore_nodes=2), timed=True)
     sizer.observe_draft(2, 1.0)  # a very slow draft
-    limits = [sizer.depth_limit(8, 1) for _ in range(8)]
-    assert limits == [0, 0, 0, 2, 0, 0, 0, 2]
+    limits = [sizer.depth_limit(8, 1) for _ in range(24)]
+    assert limits == ([0] * 11 + [2]) * 2  # every 4 x c(3) = 12th starved step
 
 
 def test_a_costly_draft_model_is_skipped_and_output_unchanged(tiny_bundle: Any) -> None:
