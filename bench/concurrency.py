@@ -79,7 +79,12 @@ def _one(client: Any, model: str, prompt: str, method: str, max_tokens: int) -> 
 
 def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
                     progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Every (method, concurrency) wave over `prompts`; rows in method order, then concurrency."""
+    """Every (method, concurrency) wave over `prompts`; rows in method order, then concurrency.
+
+    The waves run concurrency-major (ar, then each method, at 1 client; then at 2; ...): the waves a
+    speedup compares run back to back, so the machine's drift over a long run (30% on this VM) does
+    not land between a method and its `ar` baseline.
+    """
     import openai
     import uvicorn
 
@@ -105,8 +110,8 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
     answers: dict[int, list[str]] = {}
     try:
         _one(client, serve_cfg.served_name, prompts[0], "ar", 8)  # warm-up (cost profile, caches)
-        for method in methods:
-            for c in cfg.levels:
+        for c in cfg.levels:
+            for method in methods:
                 if progress:
                     progress(f"{method} at concurrency {c}")
                 t0 = time.perf_counter()
@@ -124,6 +129,7 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+    rows.sort(key=lambda r: (methods.index(r.method), cfg.levels.index(r.concurrency)))
     base = {r.concurrency: r.tokens_per_s for r in rows if r.method == "ar"}
     for r in rows:
         r.speedup = r.tokens_per_s / base[r.concurrency] if base.get(r.concurrency) else 0.0

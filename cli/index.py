@@ -22,6 +22,20 @@ from specgen.validate import output_dir
 DEFAULT_INDEX_DIR = Path("index")
 
 
+def bare_ray_flag(args: list[str]) -> list[str]:
+    """`--ray` given without an address (last, or before another option or the corpus) means `--ray local`."""
+    import re
+
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--ray":
+            nxt = out[i + 1] if i + 1 < len(out) else None
+            if nxt is None or not re.match(r"^(local|auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5})$", nxt):
+                out.insert(i + 1, "local")
+            break
+    return out
+
+
 def _fail(exc: SpecgenError) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(2)
@@ -52,6 +66,12 @@ def build_index_command(
     window: int = typer.Option(1024, "--window", help="Longest sequence per forward; longer documents are windowed."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                      help="Encode on Ray workers into a sharded index: bare or 'local' = a Ray instance "
+                                           "on this machine, 'auto' = the running cluster, or host:port."),
+    workers: int = typer.Option(2, "--workers", help="--ray: worker actors (each loads the model once)."),
+    shard_tokens: int = typer.Option(65536, "--shard-tokens", help="--ray: tokens per shard (whole documents)."),
+    resume: bool = typer.Option(False, "--resume", help="--ray: keep the shards an interrupted build finished."),
 ) -> None:
     """Build a semantic index (SENSE keys + REST suffix array) of CORPUS for the target model."""
     from rich.console import Console
@@ -78,6 +98,13 @@ def build_index_command(
         cfg = IndexBuildConfig(layer=layer, continuation_len=continuation_len, pca=pca, max_tokens=max_tokens,
                                index_type=index_type, batch_tokens=batch_tokens, window=window,
                                overlap=min(256, window // 4), append=append)
+        rcfg = None
+        if ray is not None:
+            from specgen.datastore.raybuild import RayBuildConfig
+
+            rcfg = RayBuildConfig(address=ray, workers=workers, shard_tokens=shard_tokens, resume=resume)
+        elif resume:
+            raise SpecgenError("--resume applies to --ray builds (a single-process build is atomic: rerun it)")
         output_dir("output", output)
         resolve_device(device)
         check_dtype_spec(dtype)
@@ -99,8 +126,15 @@ def build_index_command(
             bar.update(task, completed=done, total=total)
 
         try:
-            manifest = build_index(bundle.model, bundle.tokenizer, corpus, output, cfg, progress=progress,
-                                   model_identity=bundle.identity())
+            if rcfg is None:
+                manifest, wrote = build_index(bundle.model, bundle.tokenizer, corpus, output, cfg, progress=progress,
+                                              model_identity=bundle.identity()), True
+            else:
+                from specgen.datastore.raybuild import build_index_ray
+
+                manifest, wrote = build_index_ray(bundle.model, bundle.tokenizer, corpus, output, cfg, rcfg,
+                                                  model_spec=model, dtype=dtype, device=device,
+                                                  model_identity=bundle.identity(), progress=progress)
         finally:
             bar.stop()
     except SpecgenError as exc:
@@ -108,6 +142,9 @@ def build_index_command(
     except KeyboardInterrupt:
         typer.echo(f"interrupted: nothing written, {output} is as it was", err=True)
         raise typer.Exit(130) from None
+    if not wrote:
+        typer.echo(f"{output} is up to date (built from the same corpus, model and settings): nothing written", err=True)
+        return
     b = manifest.build
     skipped = b.get("files_skipped", [])
     if skipped:
@@ -118,23 +155,29 @@ def build_index_command(
     if b.get("truncated_json"):
         typer.echo(f"read up to the break in {len(b['truncated_json'])} cut-off JSON file(s)", err=True)
     size = sum((output / f).stat().st_size for f in manifest.files)
+    shards = f", {len(manifest.shards)} shards" if manifest.shards else ""
     typer.echo(f"indexed {b['new_tokens']:,} tokens ({manifest.documents:,} documents in all, {manifest.count:,} keys) "
                f"in {b['total_s']:.1f} s, {b['tokens_per_s'] or 0:,.0f} tokens/s -> {output} "
-               f"({manifest.index['type']}, {_human_bytes(size)})")
+               f"({manifest.index['type']}{shards}, {_human_bytes(size)})")
 
 
 def index_info_command(
     index_dir: Path = typer.Argument(DEFAULT_INDEX_DIR, help="Index folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    verify: bool = typer.Option(False, "--verify", help="Also check every shard file against its sha256 (reads all keys)."),
 ) -> None:
-    """Validate an index folder and print its manifest summary."""
+    """Validate an index folder and print its manifest summary (shards, keys per shard, size)."""
     from rich.console import Console
     from rich.table import Table
 
     from specgen.datastore import SemanticIndex
+    from specgen.datastore.shards import verify_shards
 
     try:
-        info = SemanticIndex.load(index_dir).info()
+        index = SemanticIndex.load(index_dir)
+        if verify:
+            verify_shards(index.path, index.manifest)
+        info = index.info()
     except SpecgenError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -146,6 +189,9 @@ def index_info_command(
     for key, value in info.items():
         if key == "size_bytes":
             value = f"{_human_bytes(value)} ({value:,} bytes)"
+        elif isinstance(value, list):
+            value = ", ".join(f"{v:,}" for v in value) if len(value) <= 8 else (
+                f"{min(value):,} .. {max(value):,} (median {sorted(value)[len(value) // 2]:,})")
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         elif isinstance(value, int) and not isinstance(value, bool):

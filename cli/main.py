@@ -32,8 +32,11 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        from specgen.cli.index import bare_ray_flag
+
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            rv = super().main(bare_ray_flag(sys.argv[1:] if args is None else list(args)), prog_name, complete_var,
+                              standalone_mode=False, **extra)
         except (_Interrupt, KeyboardInterrupt, typer.Abort) as exc:
             typer.echo(f"error: {exc if isinstance(exc, _Interrupt) else 'interrupted'}", err=True)
             sys.exit(130)

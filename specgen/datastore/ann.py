@@ -158,6 +158,12 @@ def _flat_from_keys(keys: np.ndarray) -> Any:
     return index
 
 
+def _parts(index: Any) -> list[Any]:
+    """The index itself, or the shards of an `IndexShards` (shards.py), downcast to their types."""
+    subs = getattr(index, "subs", None)
+    return list(subs) if subs is not None else [index]
+
+
 def _search_index(kind: str, index: Any, keys: np.ndarray, params: dict[str, Any], queries: np.ndarray,
                  k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-`k` inner products of normalised `queries` [B, d] fp32: (scores [B, k] fp32, ids [B, k] int64).
@@ -169,7 +175,8 @@ def _search_index(kind: str, index: Any, keys: np.ndarray, params: dict[str, Any
         return (np.full((queries.shape[0], k), -np.inf, dtype=np.float32),
                 np.full((queries.shape[0], k), -1, dtype=np.int64))
     if kind == "hnsw":
-        index.hnsw.efSearch = max(int(params.get("efSearch", 64)), 4 * k_eff)
+        for sub in _parts(index):
+            sub.hnsw.efSearch = max(int(params.get("efSearch", 64)), 4 * k_eff)
     if kind != "ivfpq":
         scores, ids = index.search(queries, k_eff)
     else:

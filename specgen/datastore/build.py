@@ -275,9 +275,25 @@ def build_index(model: Any, tokenizer: Any, corpus_path: str | os.PathLike[str],
     return manifest
 
 
-def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, cfg: IndexBuildConfig,
-                identity: dict[str, str], old: Manifest | None, progress: Progress | None, t_start: float,
-                notes: dict[str, Any] | None = None) -> Manifest:
+@dataclass
+class TokenStream:
+    """Pass 1's output in the folder being written: tokens.npy and doc_offsets.npy (old entries first)."""
+
+    tokens: np.ndarray  # [N] int32, memory-mapped
+    offsets: np.ndarray  # [D + 1] int64
+    n_old: int
+    d_old: int
+    stats: CorpusStats
+    t_tok: float
+
+    @property
+    def n_new(self) -> int:
+        return int(self.tokens.shape[0]) - self.n_old
+
+
+def tokens_into(tokenizer: Any, corpus: Path, out: Path, tmp: Path, cfg: IndexBuildConfig,
+                old: Manifest | None) -> TokenStream:
+    """Tokenize `corpus` (after the old index's stream when appending) into tmp's tokens.npy and doc_offsets.npy."""
     stats = CorpusStats()
     skip = frozenset(f["sha256"] for f in old.corpus) if old else frozenset()
     raw, lengths = _tokenize(corpus, tokenizer, tmp, cfg.max_tokens, stats, skip)
@@ -294,6 +310,46 @@ def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, 
     raw.unlink()
     offsets = np.concatenate([old_offsets, n_old + np.cumsum(np.asarray(lengths, dtype=np.int64))])  # [D + 1]
     np.save(tmp / "doc_offsets.npy", offsets)
+    return TokenStream(tokens, offsets, n_old, d_old, stats, t_tok)
+
+
+def values_and_suffix_array(tmp: Path, tokens: np.ndarray, offsets: np.ndarray, cfg: IndexBuildConfig) -> float:
+    """Write values.npy [N, L] and sa.npy (REST) into `tmp`; return the suffix array's seconds."""
+    n = int(tokens.shape[0])
+    values = _save_npy(tmp / "values.npy", (n, cfg.continuation_len), np.int32)  # [N, L]
+    for a in range(0, n, _CHUNK_ROWS):
+        rows = np.arange(a, min(n, a + _CHUNK_ROWS), dtype=np.int64)
+        values[a: a + rows.shape[0]] = continuation_values(tokens, offsets, rows, cfg.continuation_len)
+    values.flush()
+    t_sa = time.perf_counter()
+    np.save(tmp / "sa.npy", build_suffix_array(separated_text(tokens, offsets)))
+    return time.perf_counter() - t_sa
+
+
+def write_manifest(tmp: Path, identity: dict[str, str], cfg: IndexBuildConfig, hidden_size: int, dim: int,
+                   pca: bool, offsets: np.ndarray, index: dict[str, Any], corpus_files: list[dict[str, Any]],
+                   build_info: dict[str, Any], shards: list[dict[str, Any]] | None = None) -> Manifest:
+    """The manifest of the complete folder `tmp` (every file listed with its size), written last."""
+    manifest = Manifest(
+        model=dict(identity), layer=cfg.layer, hidden_size=hidden_size, dim=dim,
+        projection={"type": "pca", "dim": dim, "zscore": True, "file": "projection.npz"} if pca else {"type": "none"},
+        normalize="l2", count=int(offsets[-1]), documents=int(offsets.shape[0] - 1),
+        continuation_len=cfg.continuation_len, index=index, corpus=corpus_files, build=build_info,
+        files={f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}, created=now_iso(),
+        shards=list(shards or []))
+    (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, cfg: IndexBuildConfig,
+                identity: dict[str, str], old: Manifest | None, progress: Progress | None, t_start: float,
+                notes: dict[str, Any] | None = None) -> Manifest:
+    from .shards import open_keys
+
+    stream = tokens_into(tokenizer, corpus, out, tmp, cfg, old)
+    tokens, offsets, n_old, d_old, stats, t_tok = (stream.tokens, stream.offsets, stream.n_old, stream.d_old,
+                                                   stream.stats, stream.t_tok)
+    n_new, n = stream.n_new, int(stream.tokens.shape[0])
 
     hidden_size = int(model.config.hidden_size)
     projection: dict[str, np.ndarray] | None = None
@@ -303,7 +359,7 @@ def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, 
     dim = cfg.pca or hidden_size
     keys = _save_npy(tmp / "keys.npy", (n, dim), np.float16)  # [N, d]
     if old:
-        old_keys = np.load(out / "keys.npy", mmap_mode="r")  # [N_old, d]
+        old_keys = open_keys(out, old)  # [N_old, d] (keys.npy or the shards of a sharded index)
         for a in range(0, n_old, _CHUNK_ROWS):
             b = min(n_old, a + _CHUNK_ROWS)
             keys[a:b] = old_keys[a:b]
@@ -332,14 +388,7 @@ def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, 
     if projection is not None:
         np.savez(tmp / "projection.npz", **projection)
 
-    values = _save_npy(tmp / "values.npy", (n, cfg.continuation_len), np.int32)  # [N, L]
-    for a in range(0, n, _CHUNK_ROWS):
-        rows = np.arange(a, min(n, a + _CHUNK_ROWS), dtype=np.int64)
-        values[a: a + rows.shape[0]] = continuation_values(tokens, offsets, rows, cfg.continuation_len)
-    values.flush()
-    t_sa = time.perf_counter()
-    np.save(tmp / "sa.npy", build_suffix_array(separated_text(tokens, offsets)))
-    sa_s = time.perf_counter() - t_sa
+    sa_s = values_and_suffix_array(tmp, tokens, offsets, cfg)
 
     requested = cfg.index_type
     if old and requested == "auto" and old.build.get("index_type_requested", "auto") != "auto":
@@ -370,11 +419,5 @@ def _build_into(model: Any, tokenizer: Any, corpus: Path, out: Path, tmp: Path, 
         build_info["history"] = list(old.build.get("history", [])) + [
             {"created": old.created, "count": old.count, "corpus_path": old.build.get("corpus_path"),
              "tokens_per_s": old.build.get("tokens_per_s")}]
-    manifest = Manifest(
-        model=dict(identity), layer=cfg.layer, hidden_size=hidden_size, dim=dim,
-        projection={"type": "pca", "dim": dim, "zscore": True, "file": "projection.npz"} if projection is not None else {"type": "none"},
-        normalize="l2", count=n, documents=int(offsets.shape[0] - 1), continuation_len=cfg.continuation_len,
-        index={"type": kind, "params": params, "file": index_file}, corpus=corpus_files, build=build_info,
-        files={f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}, created=now_iso())
-    (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-    return manifest
+    return write_manifest(tmp, identity, cfg, hidden_size, dim, projection is not None, offsets,
+                          {"type": kind, "params": params, "file": index_file}, corpus_files, build_info)

@@ -11,6 +11,9 @@ Layout of an index folder (all arrays are `.npy`, memory-mapped on load):
     projection.npz     mean [H], scale [H], components [H, d] (only with PCA)
     index.faiss        the approximate index (absent for `flat`, which is built from keys.npy on load)
 
+A sharded folder (`build-index --ray`, shards.py) has keys-NNNNN.npy (and, but for `flat`,
+index-NNNNN.faiss) per shard instead of keys.npy and index.faiss, listed in the manifest's `shards`.
+
 Writing: everything goes to `<out>.tmp-<pid>` beside the target, is fsynced, and is then renamed into
 place. An existing index is swapped atomically (renameat2 RENAME_EXCHANGE where the kernel has it,
 else rename-old-aside + rename-new + delete-old, with recovery of the aside copy on the next run),
@@ -58,6 +61,9 @@ class Manifest:
     files: dict[str, int]
     created: str
     format: str = FORMAT
+    # Sharded keys (shards.py): per shard index, doc/row ranges, keys_file, index_file and their sha256;
+    # empty = keys.npy and index.faiss.
+    shards: list[dict[str, Any]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -66,7 +72,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
         names = {f for f in cls.__dataclass_fields__}
-        missing = names - set(d) - {"format", "format_version"}
+        missing = names - set(d) - {"format", "format_version", "shards"}
         if missing:
             raise KeyError(", ".join(sorted(missing)))
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -94,8 +100,9 @@ def read_manifest(path: Path) -> Manifest:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SpecgenError(f"corrupt index manifest in {path} ({why}): rebuild the index (specgen build-index)") from None
-    if not isinstance(manifest.files, dict) or not all(isinstance(d, dict) for d in (manifest.index, manifest.projection)):
-        raise SpecgenError(f"corrupt index manifest in {path}: files, index and projection must be mappings: "
+    if (not isinstance(manifest.files, dict) or not isinstance(manifest.shards, list)
+            or not all(isinstance(d, dict) for d in (manifest.index, manifest.projection))):
+        raise SpecgenError(f"corrupt index manifest in {path}: files, index and projection must be mappings, shards a list: "
                            "rebuild the index (specgen build-index)")
     named = [*manifest.files, manifest.index.get("file"), manifest.projection.get("file")]
     for name in named:

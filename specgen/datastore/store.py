@@ -19,6 +19,7 @@ from ..errors import SpecgenError
 from . import ann
 from .projection import project
 from .manifest import MANIFEST, Manifest, check_identity, read_manifest
+from .shards import ShardedKeys, open_keys, open_sharded_index
 from .suffix import SuffixArray
 
 _CACHE: dict[tuple[str, int, int], "SemanticIndex"] = {}
@@ -43,7 +44,7 @@ class SemanticIndex:
         self.path = path
         self.manifest = manifest
         self.index = index  # faiss index, in memory
-        self.keys = keys  # [N, d] fp16, memory-mapped
+        self.keys = keys  # [N, d] fp16, memory-mapped (a ShardedKeys over per-shard files when sharded)
         self.values = values  # [N, L] int32, memory-mapped
         self.tokens = tokens  # [N] int32, memory-mapped
         self.doc_offsets = doc_offsets  # [D + 1] int64
@@ -69,7 +70,7 @@ class SemanticIndex:
             raise SpecgenError(f"index {folder} holds hidden states of layer {manifest.layer}, not {layer}: "
                                f"rebuild it with --layer {layer} or use layer {manifest.layer}")
         try:
-            keys = np.load(folder / "keys.npy", mmap_mode="r")
+            keys = open_keys(folder, manifest)  # [N, d]: keys.npy, or every shard as one array
             values = np.load(folder / "values.npy", mmap_mode="r")
             tokens = np.load(folder / "tokens.npy", mmap_mode="r")
             offsets = np.asarray(np.load(folder / "doc_offsets.npy"), dtype=np.int64)
@@ -85,7 +86,9 @@ class SemanticIndex:
             raise SpecgenError(f"corrupt index {folder}: array shapes disagree with the manifest")
         kind = manifest.index["type"]
         try:
-            if manifest.index.get("file"):
+            if isinstance(keys, ShardedKeys):
+                index = open_sharded_index(folder, manifest, keys)
+            elif manifest.index.get("file"):
                 import faiss
 
                 index = faiss.read_index(str(folder / manifest.index["file"]))
@@ -256,6 +259,8 @@ def index_summary(m: Manifest, path: Path, size_bytes: int) -> dict[str, Any]:
         "size_bytes": size_bytes, "bytes_per_token": round(size_bytes / max(1, m.count), 1),
         "build_tokens_per_s": m.build.get("tokens_per_s"), "build_s": m.build.get("total_s"), "created": m.created,
         "format_version": m.format_version,
+        "shards": len(m.shards) or 1,
+        "keys_per_shard": [s["row_end"] - s["row_start"] for s in m.shards] or [m.count],
     }
 
 

@@ -49,6 +49,16 @@ def _bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _tokens_cost(profile: Any, m: int) -> float:
+    """c_1(m), the batch-1 profile's relative cost of m tokens; past its largest size along its average
+    slope, not the last segment's (a forward of many tokens is compute-bound: the flat top of a
+    profile timed up to 17 tokens would promise large batched trees nearly for free)."""
+    last = profile.sizes[-1]
+    if m <= last:
+        return float(profile(m))
+    return float(profile(last) + (profile(last) - profile(1)) / max(1, last - 1) * (m - last))
+
+
 @dataclass
 class LoadAwareDrafting:
     """Per step of B rows: verify the planned drafts or only the pending tokens, by a measured cost model.
@@ -88,7 +98,7 @@ class LoadAwareDrafting:
             return False  # measure a plain step first
         draft = self.costs.get((b, _bucket(n)))
         if draft is None and self.profile is not None:
-            draft = plain * self.profile(b * _bucket(n)) / self.profile(b)
+            draft = plain * _tokens_cost(self.profile, b * _bucket(n)) / _tokens_cost(self.profile, b)
         if draft is None:
             return True  # measure it
         if self.steps[b] % max(1, round(self.explore_every * draft / plain)) == 0:

@@ -152,6 +152,11 @@ def test_unmeasured_draft_shapes_are_estimated_from_the_batch_1_profile() -> Non
     assert load.should_verify(2, 16, 16.5) and not load.should_verify(2, 16, 15.0)
     load.observe(2, 16, 0.3, 0.0)  # measured: cheaper than estimated, the measurement counts
     assert load.should_verify(2, 16, 7.0)
+    # past the profile's 32 tokens: its average slope (7/31 per token), not the last segment's flat top
+    flat_top = LoadAwareDrafting(explore_every=100, profile=CostProfile([1, 16, 32], [0.1, 0.7, 0.8]))
+    flat_top.observe(4, 1, 0.1, 0.0)  # c_1(64) ~ 8 + 32 * 7 / 31 = 15.2 relative, c_1(4) = 2.2: 6.9 plain steps
+    # break-even 4 rows x 6.9 = 27.7 tokens (the last segment's slope, 1/16, would say 18)
+    assert not flat_top.should_verify(4, 16, 27.0) and flat_top.should_verify(4, 16, 28.5)
 
 
 def test_bucketed_costs_pool_node_counts() -> None:
