@@ -14,7 +14,6 @@ one unsharded index over the same keys.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +66,9 @@ def plan_shards(offsets: np.ndarray, shard_tokens: int) -> list[ShardSpec]:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .corpus import file_sha256
+
+    return file_sha256(path)
 
 
 class ShardedKeys:

@@ -230,3 +230,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sharded: Path, corpus:
     r = _cli("build-index", str(corpus), "-o", str(out), "--ray", "--resume", "--shard-tokens", "700", cwd=tmp_path)
     _one_line_exit_2(r, "another model")
     assert not out.exists()
+
+
+def test_append_to_a_sharded_index_extends_it_in_the_single_file_format(tmp_path: Path, sharded: Path,
+                                                                         real_bundle: Any) -> None:
+    import dataclasses
+    import shutil
+
+    out = tmp_path / "index"
+    shutil.copytree(sharded, out)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "note.txt").write_text("Sharded indexes keep their keys in several files, searched as one.\n" * 3)
+    old = SemanticIndex.load(sharded)
+    build_index(real_bundle.model, real_bundle.tokenizer, extra, out, dataclasses.replace(CFG, append=True),
+                model_identity=real_bundle.identity())
+    new = SemanticIndex.load(out)
+    assert not new.manifest.shards and (out / "keys.npy").is_file()
+    assert new.manifest.count > old.manifest.count
+    np.testing.assert_array_equal(np.asarray(new.keys[: old.manifest.count]), np.asarray(old.keys))
+    np.testing.assert_array_equal(np.asarray(new.values[: old.manifest.count]), np.asarray(old.values))
