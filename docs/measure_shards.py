@@ -52,7 +52,7 @@ def build(tokens: int) -> None:
 
 def search(n_keys: int, dim: int = 576, k: int = 16, queries: int = 200) -> None:
     from specgen.datastore import ann
-    from specgen.datastore.shards import join_shards
+    from specgen.datastore.shards import JoinedShards
 
     rng = np.random.default_rng(0)
     keys = rng.standard_normal((n_keys, dim), dtype=np.float32)
@@ -64,7 +64,7 @@ def search(n_keys: int, dim: int = 576, k: int = 16, queries: int = 200) -> None
     for n_shards in (1, 2, 4):
         bounds = np.linspace(0, n_keys, n_shards + 1).astype(int)
         subs = [ann.flat_from_keys(keys[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        index = subs[0] if n_shards == 1 else join_shards(dim, subs)
+        index = subs[0] if n_shards == 1 else JoinedShards(dim, subs)
         times, ids_all = [], []
         for i in range(queries + 10):
             t0 = time.perf_counter()

@@ -36,7 +36,7 @@ from .build import (IndexBuildConfig, Progress, _check_layer, _embed, _save_npy,
 from .corpus import file_sha256, list_corpus_files
 from .manifest import MANIFEST, Manifest, build_lock, cleanup_stale, publish, read_manifest, tmp_dir_for
 from .projection import project
-from .shards import ShardSpec, plan_shards, sha256_file
+from .shards import ShardSpec, plan_shards
 
 PLAN = "plan.json"
 
@@ -111,7 +111,7 @@ def encode_shard(model: Any, spec: ShardSpec, tokens: np.ndarray, offsets: np.nd
     del keys
     os.replace(part, staging / spec.keys_file)
     entry: dict[str, Any] = {**spec.to_dict(), "keys_file": spec.keys_file, "index_file": None,
-                             "keys_sha256": sha256_file(staging / spec.keys_file), "index_sha256": None,
+                             "keys_sha256": file_sha256(staging / spec.keys_file), "index_sha256": None,
                              "model_s": round(model_s, 3), "inputs_sha256": inputs}
     params = ann.default_params(kind, spec.rows, dim)
     index = ann.build_ann(kind, np.load(staging / spec.keys_file, mmap_mode="r"), params) if kind != "flat" else None
@@ -121,15 +121,15 @@ def encode_shard(model: Any, spec: ShardSpec, tokens: np.ndarray, offsets: np.nd
         tmp_index = staging / f"{spec.index_file}.tmp-{os.getpid()}"
         faiss.write_index(index, str(tmp_index))
         os.replace(tmp_index, staging / spec.index_file)
-        entry.update(index_file=spec.index_file, index_sha256=sha256_file(staging / spec.index_file), params=params)
+        entry.update(index_file=spec.index_file, index_sha256=file_sha256(staging / spec.index_file), params=params)
     _write_json(staging / f"shard-{spec.index:05d}.json", entry)
     return entry
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def inputs_sha256(corpus: Path, identity: dict[str, str], cfg: IndexBuildConfig, shard_tokens: int) -> str:
@@ -176,7 +176,7 @@ def _reusable(staging: Path, spec: ShardSpec, inputs: str) -> dict[str, Any] | N
         return None
     for key, digest in (("keys_file", "keys_sha256"), ("index_file", "index_sha256")):
         name = entry.get(key)
-        if name is not None and (not (staging / name).is_file() or sha256_file(staging / name) != entry.get(digest)):
+        if name is not None and (not (staging / name).is_file() or file_sha256(staging / name) != entry.get(digest)):
             return None  # corrupt or cut: encode it again
     return entry
 

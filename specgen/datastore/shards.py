@@ -65,12 +65,6 @@ def plan_shards(offsets: np.ndarray, shard_tokens: int) -> list[ShardSpec]:
     return shards
 
 
-def sha256_file(path: Path) -> str:
-    from .corpus import file_sha256
-
-    return file_sha256(path)
-
-
 class ShardedKeys:
     """Row-concatenation of per-shard key memmaps [n_s, d], read as one [N, d] array."""
 
@@ -158,7 +152,7 @@ def open_sharded_index(folder: Path, manifest: Any, keys: ShardedKeys) -> Any:
             raise SpecgenError(f"corrupt index {folder}: shard {s['index']}'s index holds {sub.ntotal} keys, "
                                f"its keys file {part.shape[0]}: rebuild the index")
         subs.append(sub)
-    return join_shards(manifest.dim, subs)
+    return JoinedShards(manifest.dim, subs)
 
 
 class JoinedShards:
@@ -186,15 +180,14 @@ class JoinedShards:
         return self.joined.search(queries, k)
 
 
-def join_shards(dim: int, subs: list[Any]) -> JoinedShards:
-    return JoinedShards(dim, subs)
-
 
 def verify_shards(folder: Path, manifest: Any) -> None:
     """Every shard file's sha256 against the manifest (reads every byte: `index-info --verify`)."""
+    from .corpus import file_sha256
+
     for s in manifest.shards:
         for key, digest in (("keys_file", "keys_sha256"), ("index_file", "index_sha256")):
             name = s.get(key)
-            if name is not None and sha256_file(folder / name) != s.get(digest):
+            if name is not None and file_sha256(folder / name) != s.get(digest):
                 raise SpecgenError(f"corrupt index {folder}: {name} does not match its sha256 in the manifest: "
                                    "rebuild the index (specgen build-index)")
