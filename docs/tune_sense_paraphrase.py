@@ -1,6 +1,6 @@
 """Tune `sense` on the paraphrase suite's tune half and report on the eval half (README, Results).
 
-    .venv/bin/python docs/tune_sense_paraphrase.py tune   # pld, rest, sense over a 27-point grid
+    .venv/bin/python docs/tune_sense_paraphrase.py tune   # pld, rest, sense over a 27-point grid + the ranking grid
     .venv/bin/python docs/tune_sense_paraphrase.py eval   # pld, rest, sense defaults and the tuned setting
     .venv/bin/python docs/tune_sense_paraphrase.py gate tune|eval  # the soft gate: a grid (tune) or the
                                                                    # chosen settings (eval), live decoding
@@ -26,7 +26,12 @@ from specgen.decoding.policy import DraftPolicyConfig
 from specgen.models import load_model
 from specgen.proposers.registry import get_method, make_config
 
-TUNED = dict(min_score=0.25, min_similarity=0.1, datastore_weight=1.0)  # the best on the tune half
+TUNED = dict(preset="focused")  # the best on the tune half (specgen/proposers/sense.py SENSE_PRESETS)
+# The ranking options added in the fifth session, each on top of the first grid's best point.
+RANKING_GRID = [dict(min_score=0.25, min_similarity=0.1, datastore_weight=1.0, **opts) for opts in (
+    {}, dict(depth_decay=0.7), dict(sharpness=5.0), dict(depth_decay=0.7, sharpness=5.0),
+    dict(depth_decay=0.7, sharpness=5.0, match_bonus=0.2), dict(depth_decay=0.5, sharpness=5.0, match_bonus=0.2),
+    dict(depth_decay=0.7, sharpness=10.0, match_bonus=0.2), dict(depth_decay=0.7, sharpness=5.0, match_bonus=0.4))]
 GATE_GRID = [dict(gate_alpha=0.1, gate_tau_e=0.3), dict(gate_alpha=0.3, gate_tau_e=0.5)] + \
             [dict(gate_alpha=a, gate_signal="hidden", gate_tau_h=t) for a, t in ((0.1, 0.9), (0.3, 0.9), (0.3, 0.95))]
 
@@ -82,7 +87,7 @@ def main(split: str, mode: str = "replay") -> None:
     rows = [("pld", {}, tau("pld")), ("rest", {}, tau("rest", index=index))]
     grid = ([dict(min_score=a, min_similarity=b, datastore_weight=c)
              for a, b, c in itertools.product((0.0, 0.25, 0.5), (0.1, 0.3, 0.5), (0.5, 1.0, 2.0))]
-            if split == "tune" else [{}, TUNED])
+            + RANKING_GRID if split == "tune" else [{}, TUNED])
     rows += [("sense", opts, tau("sense", index=index, **opts)) for opts in grid]
     for name, opts, t in sorted(rows, key=lambda r: -r[2]):
         print(f"{t:.3f}  {name} {json.dumps(opts)}")

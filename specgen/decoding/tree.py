@@ -56,8 +56,9 @@ def build_tree(root_token: int, cands: Candidates, budget: int,
     The tensors are built on the host and moved to `device` once, the mask included, so the
     verification forward reads them where the model runs.
 
-    A node's score is the summed score of the candidates through it, so a parent never scores
-    below its child and the kept set is closed under ancestors (ties keep the shallower node).
+    A node's score is the summed score of the candidates through it, ranked as score *
+    `cands.depth_decay` ** depth; a parent never ranks below its child, so the kept set is closed
+    under ancestors (ties keep the shallower node).
     """
     # Trie as parallel lists; node 0 is the root.
     tok: list[int] = [root_token]
@@ -76,7 +77,8 @@ def build_tree(root_token: int, cands: Candidates, budget: int,
             score[child] += float(s)
             node = child
     # Best `budget` draft nodes, then breadth-first order (parent before child).
-    ranked = sorted(range(1, len(tok)), key=lambda i: (-score[i], dep[i], i))[:budget]
+    decay = cands.depth_decay  # 1.0: rank by summed score alone (closed under ancestors either way)
+    ranked = sorted(range(1, len(tok)), key=lambda i: (-score[i] * decay ** dep[i], dep[i], i))[:budget]
     if size is not None and ranked:
         ranked = ranked[: size([score[i] for i in ranked], [dep[i] for i in ranked])]
     keep = [0] + sorted(ranked, key=lambda i: (dep[i], -score[i], i))

@@ -38,9 +38,14 @@ class Candidates:
 
     sequences: list[list[int]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    # The trie ranks a node at depth d by score * depth_decay ** d when it spends the node budget.
+    # 1.0 ranks by summed score alone, so one confident candidate's whole chain outranks every
+    # alternative first token; < 1 keeps a few of those alternatives instead of the chain's tail.
+    depth_decay: float = 1.0
 
     def __post_init__(self) -> None:
         assert len(self.sequences) == len(self.scores), "one score per candidate sequence"
+        assert 0 < self.depth_decay <= 1, "depth_decay in (0, 1]"
 
     def __len__(self) -> int:
         return len(self.sequences)

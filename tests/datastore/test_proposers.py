@@ -1,6 +1,7 @@
 """`rest` and `sense` proposers: candidates from the datastore and the live context; lossless end to end."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,31 @@ def test_sense_context_search(tok: Any, model: Any) -> None:
     assert len(proposer.propose(ProposeContext(tokens=seq, prompt_len=1, budget=5, hidden=None))) == 0
 
 
+def test_sense_sharpness_and_alignment_rank_the_evidence() -> None:
+    # Live context with hand-made hidden states: the pending token 5 followed positions 1 and 4.
+    # Position 1 is the nearer neighbour (cos 0.9 against 0.8); position 4's preceding token (3)
+    # repeats the token before the pending one, position 1's (9) does not.
+    tokens = [9, 2, 5, 7, 3, 2, 5, 8, 1, 4, 3, 2, 5]  # pending 5 last; 12 positions with KV
+    query = torch.tensor([1.0, 0.0])
+    hidden = torch.zeros(12, 2)  # [n, H]
+    hidden[:, 1] = 1.0  # every other position is orthogonal to the query (cos 0)
+    hidden[1] = torch.tensor([0.9, (1 - 0.81) ** 0.5])
+    hidden[5] = torch.tensor([0.8, 0.6])
+    hidden[11] = query  # the query's own position
+    ctx = ProposeContext(tokens=tokens, prompt_len=1, budget=2, hidden=query, context_hidden=hidden)
+    base = dict(min_similarity=0.5, min_score=0.0)
+    plain = SenseProposer(SenseConfig(**base), index=None).propose(ctx)
+    assert plain.sequences == [[7, 3], [8, 1]] and plain.scores == pytest.approx([0.9, 0.8], abs=1e-6)
+    assert plain.depth_decay == 1.0
+    # one matching token before each neighbour's position (2 == 2 for both), then 3 only for position 5
+    aligned = SenseProposer(SenseConfig(match_bonus=0.2, **base), index=None).propose(ctx)
+    assert aligned.sequences == [[8, 1], [7, 3]] and aligned.scores == pytest.approx([1.2, 1.1], abs=1e-6)
+    sharp = SenseProposer(SenseConfig(sharpness=5.0, depth_decay=0.7, **base), index=None).propose(ctx)
+    assert sharp.scores == pytest.approx([1.0, math.exp(-0.5)], abs=1e-6) and sharp.depth_decay == 0.7
+    # the gate reads the raw similarities: min_score above the best raw sum drafts nothing, sharpened or not
+    assert len(SenseProposer(SenseConfig(sharpness=5.0, min_similarity=0.5, min_score=0.95), index=None).propose(ctx)) == 0
+
+
 def test_sense_rejects_a_mismatched_index(index: Path, tok: Any) -> None:
     from _tiny import tiny_model
 
@@ -95,7 +121,15 @@ def test_sense_rejects_a_mismatched_index(index: Path, tok: Any) -> None:
         get_method("sense").factory(_bundle(other, tok), SenseConfig(index=str(index)))
 
 
-@pytest.mark.parametrize("method", ["rest", "sense"])
+def _config(method: str, index: Path) -> Any:
+    """rest, sense, or sense with the ranking options (sharpness, depth decay, alignment) on."""
+    if method == "rest":
+        return RESTConfig(index=str(index))
+    ranked = dict(sharpness=5.0, depth_decay=0.7, match_bonus=0.2) if method == "sense-ranked" else {}
+    return SenseConfig(index=str(index), min_similarity=0.0, min_score=0.0, **ranked)
+
+
+@pytest.mark.parametrize("method", ["rest", "sense", "sense-ranked"])
 def test_greedy_output_identical_to_ar(method: str, index: Path, tok: Any, model: Any) -> None:
     from specgen.generate import generate
 
@@ -104,24 +138,24 @@ def test_greedy_output_identical_to_ar(method: str, index: Path, tok: Any, model
     prompt = idx.tokens[3000:3040].tolist()
     gen = GenerationConfig(max_new_tokens=24, stop_at_eos=False)
     ref = generate(bundle, prompt, method="ar", gen=gen)
-    cfg = RESTConfig(index=str(index)) if method == "rest" else SenseConfig(index=str(index), min_similarity=0.0, min_score=0.0)
-    got = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
+    cfg = _config(method, index)
+    got = generate(bundle, prompt, method="rest" if method == "rest" else "sense", gen=gen, method_config=cfg)
     assert got.token_ids == ref.token_ids
     assert got.stats.drafted > 0
 
 
-@pytest.mark.parametrize("method", ["rest", "sense"])
+@pytest.mark.parametrize("method", ["rest", "sense", "sense-ranked"])
 def test_sampled_output_identical_to_ar_with_the_same_seed(method: str, index: Path, tok: Any, model: Any) -> None:
     from specgen.config import SamplingConfig
     from specgen.generate import generate
 
     bundle = _bundle(model, tok)
     prompt = SemanticIndex.load(index).tokens[3000:3040].tolist()
-    cfg = RESTConfig(index=str(index)) if method == "rest" else SenseConfig(index=str(index), min_similarity=0.0, min_score=0.0)
+    cfg = _config(method, index)
     for seed in (0, 1):
         gen = GenerationConfig(max_new_tokens=24, stop_at_eos=False, sampling=SamplingConfig(temperature=0.7, seed=seed))
         ref = generate(bundle, prompt, method="ar", gen=gen)
-        got = generate(bundle, prompt, method=method, gen=gen, method_config=cfg)
+        got = generate(bundle, prompt, method="rest" if method == "rest" else "sense", gen=gen, method_config=cfg)
         assert got.token_ids == ref.token_ids, seed
         assert got.stats.drafted > 0
 
@@ -148,6 +182,10 @@ def test_gate_on_accepts_non_matching_drafts_and_is_reproducible(signal: str, te
 def test_sense_focused_preset_under_explicit_options() -> None:
     focused = make_config("sense", {"preset": "focused"})
     assert (focused.min_score, focused.min_similarity, focused.datastore_weight) == (0.25, 0.1, 1.0)
+    assert (focused.depth_decay, focused.sharpness, focused.match_bonus) == (0.7, 5.0, 0.2)
+    for bad in ({"depth_decay": 0.0}, {"depth_decay": 1.5}, {"sharpness": -1.0}, {"match_max": 0}):
+        with pytest.raises(SpecgenError):
+            make_config("sense", bad)
     assert make_config("sense", {"preset": "focused", "min_score": 0.4}).min_score == 0.4
     assert make_config("sense", {"preset": "default"}) == SenseConfig()
     with pytest.raises(SpecgenError, match="unknown sense preset"):

@@ -36,3 +36,25 @@ def test_budget_keeps_best_scored_ancestor_closed_set() -> None:
 def test_empty_candidates_give_root_only() -> None:
     tree = build_tree(9, Candidates(), budget=8)
     assert tree.size == 1 and tree.mask.tolist() == [[True]] and tree.children == ((),)
+
+
+def test_depth_decay_keeps_alternative_first_tokens_over_a_chain_tail() -> None:
+    cands = [[1, 2, 3, 4, 5], [6, 7], [8]]
+    flat = build_tree(0, Candidates(cands, [3.0, 2.0, 1.5]), budget=5)
+    assert sorted(int(t) for t in flat.tokens[1:]) == [1, 2, 3, 4, 5]  # summed score alone: the whole chain
+    # 0.5 per depth: 1 (1.5), 6 (1.0), 8 (0.75, shallower than 2's tie), 2 (0.75), 7 (0.5) outrank the
+    # chain's depth-3 node 3 (3.0 * 0.125)
+    decayed = build_tree(0, Candidates(cands, [3.0, 2.0, 1.5], depth_decay=0.5), budget=5)
+    assert sorted(int(t) for t in decayed.tokens[1:]) == [1, 2, 6, 7, 8]
+
+
+def test_depth_decay_keeps_the_kept_set_closed_under_ancestors() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        seqs = [torch.randint(0, 4, (int(torch.randint(1, 7, (1,), generator=gen)),), generator=gen).tolist()
+                for _ in range(6)]
+        scores = torch.rand(6, generator=gen).tolist()
+        decay = float(torch.rand(1, generator=gen)) * 0.9 + 0.05
+        tree = build_tree(9, Candidates(seqs, scores, depth_decay=decay), budget=int(torch.randint(1, 12, (1,), generator=gen)))
+        for i in range(1, tree.size):
+            assert 0 <= int(tree.parents[i]) < i, trial
