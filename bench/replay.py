@@ -173,6 +173,61 @@ def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,
     return result
 
 
+def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15, use_context: bool = True) -> float:
+    """Mean acceptance length of an oracle retriever: the most any lossless drafter over `index` and
+    the live context can reach with one candidate per step.
+
+    At each step it drafts, of every stored continuation of the pending token (a datastore key's
+    value, `index`; a committed position's continuation, `use_context`), the one agreeing longest
+    with the recorded answer, up to `max_len` tokens. A tree accepts one path, so no tree of these
+    continuations does better per step; this is the ceiling to read a retriever's tau against.
+    """
+    steps = tokens = 0
+    for tr in traces:
+        seq, out, p = tr.prompt_ids + tr.output_ids, tr.output_ids, len(tr.prompt_ids)
+        i = 0  # out[i] is pending: out[0] came from prefill
+        while i < len(out) - 1:
+            future = out[i + 1: i + 1 + max_len]
+            best = 0
+            if index is not None:
+                for cont in index.continuations(index.postings(out[i]))[:, 1: 1 + max_len]:  # [m, <= max_len]
+                    best = max(best, _agreement(cont.tolist(), future))
+            if use_context:
+                n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
+                for j in range(n - 1):
+                    if seq[j + 1] == out[i]:
+                        best = max(best, _agreement(seq[j + 2: min(j + 2 + max_len, n + 1)], future))
+            i += best + 1
+            steps += 1
+        tokens += len(out) - 1
+    return tokens / steps if steps else 0.0
+
+
+def ceiling_table(traces: list[Trace], index_path: str | None, budgets: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """{"ceiling@<budget>": {category and "overall": retrieval_ceiling}} over the datastore at
+    `index_path` (None: the live context only), drafts capped at min(budget, 15) tokens as `sense` caps them."""
+    from ..datastore.store import SemanticIndex
+
+    index = SemanticIndex.load_cached(index_path) if index_path else None
+    cats = sorted({t.category for t in traces})
+    out: dict[str, dict[str, float]] = {}
+    for budget in budgets:
+        length = min(budget, 15)
+        row = {c: retrieval_ceiling([t for t in traces if t.category == c], index, length) for c in cats}
+        out[f"ceiling@{budget}"] = {**row, "overall": retrieval_ceiling(traces, index, length)}
+    return out
+
+
+def _agreement(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of `a` and `b`."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def record_suite(bundle: Any, suite: str, limit: int | None, max_new_tokens: int, *, layer: int | None = -1,
                  progress: Callable[[int, int], None] | None = None) -> list[Trace]:
     """Greedy traces of a suite's first `limit` questions per category (first turn, chat template).

@@ -282,7 +282,8 @@ def replay(
     from rich.console import Console
     from rich.table import Table
 
-    from specgen.bench.replay import read_traces, record_questions, record_suite, replay_methods, replay_plan, save_traces, traces_for
+    from specgen.bench.replay import (ceiling_table, read_traces, record_questions, record_suite, replay_methods, replay_plan,
+                                      save_traces, traces_for)
     from specgen.decoding.policy import DraftPolicyConfig
     from specgen.models import load_model
 
@@ -335,6 +336,9 @@ def replay(
     for label, per_cat in results.items():
         o = per_cat["overall"]
         table.add_row(label, *(f"{per_cat[c].tau:.2f}" for c in cats), f"{o.drafted / max(1, o.steps):.1f}")
+    # The most any retriever over this datastore and the live context could reach (one path per step).
+    for label, ceiling in ceiling_table(traces, index, budget_list).items():
+        table.add_row(label, *(f"{ceiling.get(c, 0.0):.2f}" for c in cats), "-")
     Console().print(table)
 
 

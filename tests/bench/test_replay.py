@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "datastore"))
 
 from _tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
-from specgen.bench.replay import record_trace, replay, replay_all  # noqa: E402
+from specgen.bench.replay import Trace, record_trace, replay, replay_all, retrieval_ceiling  # noqa: E402
 from specgen.config import GenerationConfig, PLDConfig  # noqa: E402
 from specgen.decoding.policy import DraftPolicyConfig  # noqa: E402
 from specgen.decoding.sizing import CostProfile, TreeSizingConfig  # noqa: E402
@@ -63,6 +63,46 @@ def test_replay_counts_the_steps_the_loop_takes(bundle: Any, method: str, cfg: A
         assert got.tau > 1.0  # the prompt repeats itself: drafts must land
 
 
+class _Values:
+    """The two calls `retrieval_ceiling` makes of a SemanticIndex, over a fixed [N, L] value table."""
+
+    def __init__(self, values: list[list[int]]) -> None:
+        import numpy as np
+
+        self.values = np.asarray(values, dtype=np.int32)  # [N, L]
+
+    def postings(self, token: int) -> Any:
+        import numpy as np
+
+        return np.flatnonzero(self.values[:, 0] == token)
+
+    def continuations(self, ids: Any) -> Any:
+        return self.values[ids]
+
+
+def test_retrieval_ceiling_by_hand() -> None:
+    # pending 9: nothing follows a 9 before it (1 token); pending 2: position 0 was followed by 2, then by
+    # 3 4 5 9 2 (only what is committed, and the pending token): 2 of the answer's 3 4 7 agree (3 tokens);
+    # pending 7, then 8: nothing (1 token each). 6 tokens after prefill in 4 steps.
+    trace = Trace("q", "c", [1, 2, 3, 4, 5], [9, 2, 3, 4, 7, 8, 6], None)
+    assert retrieval_ceiling([trace]) == pytest.approx(6 / 4)
+    # a datastore key followed by 7 8 6 drafts the 8 6 after the pending 7: the last two steps become one
+    assert retrieval_ceiling([trace], _Values([[7, 6, 6], [7, 8, 6]])) == pytest.approx(6 / 3)
+    assert retrieval_ceiling([trace], _Values([[7, 8, 6]]), use_context=False) == pytest.approx(6 / 5)
+    assert retrieval_ceiling([trace], max_len=1) == pytest.approx(6 / 5)  # one draft token at most
+
+
+def test_retrieval_ceiling_bounds_the_context_drafters(bundle: Any) -> None:
+    ids = bundle.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    trace = record_trace(bundle, "q", "code", ids[:40], ids[40:100], -1)
+    ceiling = retrieval_ceiling([trace], None, max_len=7)
+    assert ceiling > 1.0
+    for method, cfg in (("pld", PLDConfig()), ("sense", SenseConfig(min_similarity=-1.0, min_score=0.0)),
+                        ("sense", SenseConfig(min_similarity=-1.0, min_score=0.0, depth_decay=0.5, sharpness=5.0))):
+        got = replay(get_method(method).factory(bundle, cfg), trace, 8)
+        assert 1.0 <= got.tau <= ceiling + 1e-9, method
+
+
 def test_replay_all_sums_categories(bundle: Any) -> None:
     tok = bundle.tokenizer
     a = tok(TEXT, add_special_tokens=False)["input_ids"]
@@ -109,7 +149,12 @@ def test_replay_cli_on_the_real_model() -> None:
     res = runner.invoke(app, ["bench", "replay", "--suite", "humaneval", "--limit", "1", "--methods", "pld,sense",
                               "--budgets", "2,8", "--max-new-tokens", "24"])
     assert res.exit_code == 0, res.output
-    for label in ("pld@2", "pld@8", "sense@2", "sense@8", "overall"):
+    for label in ("pld@2", "pld@8", "sense@2", "sense@8", "ceiling@2", "ceiling@8", "overall"):
         assert label in res.stdout
+    # the ceiling row bounds every replayed method at the same budget (overall column, before nodes/step)
+    overall = {line.split("│")[1].strip(): float(line.split("│")[-3]) for line in res.stdout.splitlines()
+               if line.count("│") > 3 and "@" in line}
+    for budget in (2, 8):
+        assert max(overall[f"pld@{budget}"], overall[f"sense@{budget}"]) <= overall[f"ceiling@{budget}"]
     bad = runner.invoke(app, ["bench", "replay", "--methods", "specguard"])
     assert bad.exit_code == 2 and "lossless" in bad.stderr and "Traceback" not in bad.output
