@@ -182,6 +182,8 @@ def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15,
     with the recorded answer, up to `max_len` tokens. A tree accepts one path, so no tree of these
     continuations does better per step; this is the ceiling to read a retriever's tau against.
     """
+    from ..adapter import common_prefix
+
     steps = tokens = 0
     for tr in traces:
         seq, out, p = tr.prompt_ids + tr.output_ids, tr.output_ids, len(tr.prompt_ids)
@@ -191,12 +193,12 @@ def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15,
             best = 0
             if index is not None:
                 for cont in index.continuations(index.postings(out[i]))[:, 1: 1 + max_len]:  # [m, <= max_len]
-                    best = max(best, _agreement(cont.tolist(), future))
+                    best = max(best, common_prefix(cont.tolist(), future))
             if use_context:
                 n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
                 for j in range(n - 1):
                     if seq[j + 1] == out[i]:
-                        best = max(best, _agreement(seq[j + 2: min(j + 2 + max_len, n + 1)], future))
+                        best = max(best, common_prefix(seq[j + 2: min(j + 2 + max_len, n + 1)], future))
             i += best + 1
             steps += 1
         tokens += len(out) - 1
@@ -216,16 +218,6 @@ def ceiling_table(traces: list[Trace], index_path: str | None, budgets: tuple[in
         row = {c: retrieval_ceiling([t for t in traces if t.category == c], index, length) for c in cats}
         out[f"ceiling@{budget}"] = {**row, "overall": retrieval_ceiling(traces, index, length)}
     return out
-
-
-def _agreement(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of `a` and `b`."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def record_suite(bundle: Any, suite: str, limit: int | None, max_new_tokens: int, *, layer: int | None = -1,
