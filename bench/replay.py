@@ -182,27 +182,31 @@ def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15,
     with the recorded answer, up to `max_len` tokens. A tree accepts one path, so no tree of these
     continuations does better per step; this is the ceiling to read a retriever's tau against.
     """
+    counts = [_ceiling_steps(tr, index, max_len, use_context) for tr in traces]
+    steps = sum(c[1] for c in counts)
+    return sum(c[0] for c in counts) / steps if steps else 0.0
+
+
+def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool) -> tuple[int, int]:
+    """(tokens after prefill, oracle steps) of one trace (see `retrieval_ceiling`)."""
     from ..adapter import common_prefix
 
-    steps = tokens = 0
-    for tr in traces:
-        seq, out, p = tr.prompt_ids + tr.output_ids, tr.output_ids, len(tr.prompt_ids)
-        i = 0  # out[i] is pending: out[0] came from prefill
-        while i < len(out) - 1:
-            future = out[i + 1: i + 1 + max_len]
-            best = 0
-            if index is not None:
-                for cont in index.continuations(index.postings(out[i]))[:, 1: 1 + max_len]:  # [m, <= max_len]
-                    best = max(best, common_prefix(cont.tolist(), future))
-            if use_context:
-                n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
-                for j in range(n - 1):
-                    if seq[j + 1] == out[i]:
-                        best = max(best, common_prefix(seq[j + 2: min(j + 2 + max_len, n + 1)], future))
-            i += best + 1
-            steps += 1
-        tokens += len(out) - 1
-    return tokens / steps if steps else 0.0
+    seq, out, p = tr.prompt_ids + tr.output_ids, tr.output_ids, len(tr.prompt_ids)
+    i = steps = 0  # out[i] is pending: out[0] came from prefill
+    while i < len(out) - 1:
+        future = out[i + 1: i + 1 + max_len]
+        best = 0
+        if index is not None:
+            for cont in index.continuations(index.postings(out[i]))[:, 1: 1 + max_len]:  # [m, <= max_len]
+                best = max(best, common_prefix(cont.tolist(), future))
+        if use_context:
+            n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
+            for j in range(n - 1):
+                if seq[j + 1] == out[i]:
+                    best = max(best, common_prefix(seq[j + 2: min(j + 2 + max_len, n + 1)], future))
+        i += best + 1
+        steps += 1
+    return len(out) - 1, steps
 
 
 def ceiling_table(traces: list[Trace], index_path: str | None, budgets: tuple[int, ...]) -> dict[str, dict[str, float]]:
@@ -211,12 +215,16 @@ def ceiling_table(traces: list[Trace], index_path: str | None, budgets: tuple[in
     from ..datastore.store import SemanticIndex
 
     index = SemanticIndex.load_cached(index_path) if index_path else None
-    cats = sorted({t.category for t in traces})
     out: dict[str, dict[str, float]] = {}
     for budget in budgets:
-        length = min(budget, 15)
-        row = {c: retrieval_ceiling([t for t in traces if t.category == c], index, length) for c in cats}
-        out[f"ceiling@{budget}"] = {**row, "overall": retrieval_ceiling(traces, index, length)}
+        sums: dict[str, list[int]] = {"overall": [0, 0]}
+        for tr in traces:  # each trace once; categories and overall from the same counts
+            tokens, steps = _ceiling_steps(tr, index, min(budget, 15), True)
+            for key in (tr.category, "overall"):
+                acc = sums.setdefault(key, [0, 0])
+                acc[0] += tokens
+                acc[1] += steps
+        out[f"ceiling@{budget}"] = {key: t / s if s else 0.0 for key, (t, s) in sums.items()}
     return out
 
 
