@@ -186,11 +186,13 @@ class SenseProposer(Proposer):
             self._from_datastore(query, ctx.tokens, merged, length)
         if self.cfg.use_context and ctx.context_hidden is not None and ctx.context_hidden.shape[0] > 1:
             self._from_context(query, ctx.context_hidden, ctx.tokens, merged, length)
-        if not merged or max(sum(w * s for w, s in ev) for ev in merged.values()) < self.cfg.min_score:
+        raw = {seq: sum(w * s for w, s in ev) for seq, ev in merged.items()}  # what the gate reads
+        if not raw or max(raw.values()) < self.cfg.min_score:
             return Candidates()
-        best = max(s for ev in merged.values() for _, s in ev)
-        sharp = self.cfg.sharpness
-        scored = {seq: sum(w * (math.exp(sharp * (s - best)) if sharp else s) for w, s in ev) for seq, ev in merged.items()}
+        scored = raw
+        if self.cfg.sharpness:
+            best = max(s for ev in merged.values() for _, s in ev)
+            scored = {seq: sum(w * math.exp(self.cfg.sharpness * (s - best)) for w, s in ev) for seq, ev in merged.items()}
         ranked = sorted(scored.items(), key=lambda kv: -kv[1])[: self.cfg.max_candidates]
         return Candidates([list(seq) for seq, _ in ranked], [score for _, score in ranked], depth_decay=self.cfg.depth_decay)
 
