@@ -14,6 +14,7 @@ expected accepted tokens pay for the longer forward; `spec_disable_batch_size` (
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,18 +71,24 @@ class LoadAwareDrafting:
     measured first. An unmeasured draft shape is estimated from the rows' batch-1 cost profile when
     one is known (`profile`: B rows of n nodes cost about what one row of B * n tokens does, the
     matmuls seeing the same number of tokens), c(B, n) ~ c(B, 1) * c_1(B * n) / c_1(B), and else
-    measured. Drafting runs anyway every `explore_every` steps times the draft shape's relative cost
-    (an exploration's share of time stays about the same), so acceptance estimates stay current.
-    `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches drafting off from that
-    batch size on, whatever is measured.
+    measured. Drafting runs anyway after at least `explore_every` declined steps, and after as many as
+    make the exploring forward's extra cost (c(B, n) / c(B, 1) - 1) at most `explore_share` of the
+    declined steps' time, so acceptance estimates stay current at a bounded price; an exploration that
+    accepts nothing doubles the next wait (up to `explore_backoff_max` times), one that accepts resets
+    it. `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches drafting off from
+    that batch size on, whatever is measured.
     """
 
     spec_disable_batch_size: int | None = None  # draft nothing at this batch size and above
-    explore_every: int = 16
+    explore_every: int = 8
+    explore_share: float = 0.02
+    explore_backoff_max: int = 16
     decay: float = 0.7  # weight of the previous estimate
     costs: dict[tuple[int, int], float] = field(default_factory=dict)  # (B, n bucket) -> forward seconds
     plan_s: dict[int, float] = field(default_factory=dict)  # B -> planning seconds of a drafting step
-    steps: dict[int, int] = field(default_factory=dict)
+    declined: dict[int, int] = field(default_factory=dict)  # B -> drafting steps declined since the last verified
+    backoff: int = 1
+    exploring: bool = False  # the last verified drafts were an exploration
     profile: Any = None  # the rows' batch-1 CostProfile (relative cost of a forward over n tokens)
 
     def enabled(self, b: int) -> bool:
@@ -90,9 +97,9 @@ class LoadAwareDrafting:
 
     def should_verify(self, b: int, n: int, expected_tokens: float) -> bool:
         """Verify B rows' drafts padded to n nodes (expected to emit `expected_tokens`), or plain steps."""
+        self.exploring = False
         if n <= 1:
             return True
-        self.steps[b] = self.steps.get(b, 0) + 1
         plain = self.costs.get((b, 1))
         if plain is None:
             return False  # measure a plain step first
@@ -101,9 +108,21 @@ class LoadAwareDrafting:
             draft = plain * _tokens_cost(self.profile, b * _bucket(n)) / _tokens_cost(self.profile, b)
         if draft is None:
             return True  # measure it
-        if self.steps[b] % max(1, round(self.explore_every * draft / plain)) == 0:
+        if expected_tokens / (self.plan_s.get(b, 0.0) + draft) >= b / plain:
+            self.declined[b] = 0
             return True
-        return expected_tokens / (self.plan_s.get(b, 0.0) + draft) >= b / plain
+        self.declined[b] = self.declined.get(b, 0) + 1
+        wait = max(1, self.explore_every, math.ceil((draft / plain - 1.0) / self.explore_share - 1e-9)) * self.backoff
+        if self.explore_every and self.declined[b] >= wait:
+            self.declined[b], self.exploring = 0, True
+            return True
+        return False
+
+    def observe_outcome(self, accepted: int) -> None:
+        """After a verified drafting step: an exploration that accepted nothing doubles the next wait."""
+        if self.exploring:
+            self.backoff = 1 if accepted > 0 else min(self.backoff * 2, self.explore_backoff_max)
+            self.exploring = False
 
     def observe(self, b: int, n: int, forward_s: float, plan_s: float) -> None:
         key = (b, _bucket(n))
@@ -212,6 +231,7 @@ class BatchDecoder:
         assert all(r.done or m == r.started.state.n_kv for r, m in zip(rows, new)), "batched commit out of step"
         if n > 1:
             self.drafting_steps += 1
+            self.load.observe_outcome(sum(rec.accepted for rec in records))
         else:
             self.plain_steps += 1
         return records

@@ -22,6 +22,7 @@ what is accepted among the verified nodes, so lossless methods stay lossless.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 import weakref
 from dataclasses import dataclass
@@ -50,11 +51,17 @@ class TreeSizingConfig:
     costs: tuple[float, ...] | None = None
     prior_mean: float = 0.3  # acceptance probability of a node before any evidence
     prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
-    # After this many drafting steps in a row sized to nothing (times the exploring forward's relative
-    # cost), verify `explore_nodes` anyway: an acceptance calibration (or a cost profile timed on a
-    # busy machine) that never lets a node be verified would otherwise never be corrected. 0 = never.
+    # After at least this many drafting steps in a row sized to nothing, verify `explore_nodes` anyway:
+    # an acceptance calibration (or a cost profile timed on a busy machine) that never lets a node be
+    # verified would otherwise never be corrected. 0 = never.
     explore_every: int = 8
     explore_nodes: int = 3
+    # What explorations may cost, as a share of the starved steps' time: an exploring forward costing
+    # c(1 + explore_nodes) = 3.1 plain steps (the fp32 1.5B on this CPU) waits (3.1 - 1) / 0.02 = 105
+    # starved steps, one on a GPU (c ~ 1.01) waits `explore_every`. Each exploration that accepts
+    # nothing doubles the wait (up to `explore_backoff_max` times), one that accepts resets it.
+    explore_share: float = 0.02
+    explore_backoff_max: int = 16
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -65,6 +72,9 @@ class TreeSizingConfig:
             raise SpecgenError("tree sizing: costs must give one positive number per size")
         if self.reps < 1 or self.prior_weight <= 0 or not 0.0 < self.prior_mean < 1.0:
             raise SpecgenError("tree sizing: reps >= 1, prior-weight > 0 and prior-mean in (0, 1) are required")
+        if not 0.0 < self.explore_share <= 1.0 or self.explore_backoff_max < 1 or self.explore_every < 0:
+            raise SpecgenError("tree sizing: explore-share in (0, 1], explore-backoff-max >= 1 and explore-every >= 0 "
+                               "are required")
 
 
 class CostProfile:
@@ -211,6 +221,9 @@ class TreeSizer:
         self.cfg = cfg
         self.calibration = AcceptanceModel(cfg.prior_mean, cfg.prior_weight)
         self.starved = 0  # drafting steps in a row sized to no node
+        self.backoff = 1  # the exploration wait's multiplier: doubled by each exploration that accepts nothing
+        self.exploring = False  # the tree sized last was an exploration
+        self.explorations = 0
         # `timed`: the profile was measured on this machine, so each verification forward's time refines it
         self.timed = timed and profile is not None
         self.refined = False
@@ -223,11 +236,14 @@ class TreeSizer:
 
     @property
     def explore_interval(self) -> int:
-        """Starved steps between explorations: `explore_every`, stretched by what an exploring forward
-        costs over a plain one, so that exploration takes about the same share of time on any model
-        (a compute-bound model, where 4 tokens cost 3 plain steps, explores 3x less often)."""
-        extra = self.profile(1 + self.cfg.explore_nodes) / self.profile(1) if self.profile is not None else 1.0
-        return max(1, round(self.cfg.explore_every * extra))
+        """Starved steps between explorations: max(`explore_every`, (c(1 + k) / c(1) - 1) / share), times
+        the backoff. An exploring forward's extra cost over the plain step it replaces, spread over the
+        wait, is then at most `explore_share` of the starved steps' time on any model, and a method
+        whose explorations keep failing explores ever more rarely (its loss is logarithmic in length)."""
+        if self.profile is None:
+            return max(1, self.cfg.explore_every) * self.backoff
+        extra = self.profile(1 + self.cfg.explore_nodes) / self.profile(1) - 1.0
+        return max(1, self.cfg.explore_every, math.ceil(extra / self.cfg.explore_share - 1e-9)) * self.backoff
 
     @property
     def size_fn(self) -> Callable[[list[float], list[int]], int] | None:
@@ -240,7 +256,8 @@ class TreeSizer:
         if n == 0 and scores and self.cfg.explore_every:
             self.starved += 1
             if self.starved >= self.explore_interval:
-                self.starved = 0
+                self.starved, self.exploring = 0, True
+                self.explorations += 1
                 return min(len(scores), self.cfg.explore_nodes)
         elif n:
             self.starved = 0
@@ -267,7 +284,8 @@ class TreeSizer:
         if best_k == 0 and self.cfg.explore_every:
             self.depth_starved += 1
             if self.depth_starved >= self.explore_interval:  # as in `_size`: keep the estimate correctable
-                self.depth_starved = 0
+                self.depth_starved, self.exploring = 0, True
+                self.explorations += 1
                 return min(budget, self.cfg.explore_nodes)
         elif best_k:
             self.depth_starved = 0
@@ -286,8 +304,11 @@ class TreeSizer:
 
     def observe(self, tree: "Tree", path: Iterable[int]) -> None:
         """Fold in a verified tree and the node indices of its accepted path (root included)."""
+        explored, self.exploring = self.exploring, False
         if self.profile is None or tree.size <= 1:
             return
+        if explored:  # an exploration's outcome sets how long the next one waits
+            self.backoff = 1 if len(tuple(path)) > 1 else min(self.backoff * 2, self.cfg.explore_backoff_max)
         on_path = set(path)
         deepest, got = int(tree.max_depth), len(tuple(path)) - 1
         while len(self.offered) < deepest:

@@ -125,15 +125,24 @@ def test_spec_disable_batch_size_verifies_no_drafts() -> None:
 
 
 def test_load_aware_drafting_verifies_drafts_only_where_the_measured_costs_pay() -> None:
-    load = LoadAwareDrafting(explore_every=4)
+    load = LoadAwareDrafting(explore_every=4, explore_share=1 / 6)
     assert not load.should_verify(4, 9, 8.0)  # nothing measured: a plain step first
     load.observe(4, 1, 0.10, 0.0)  # c(4, 1) = 0.1 s
     assert load.should_verify(4, 9, 8.0)  # c(4, 16 bucket) unknown: measure it
     load.observe(4, 9, 0.30, 0.0)  # c(4, 16) = 0.3 s: 3 plain steps
     # 4 rows at 1 token per plain step = 40 tokens/s; drafting must expect > 12 tokens per step
     picks = [load.should_verify(4, 9, 8.0) for _ in range(24)]
-    assert picks.count(True) == 2  # only the exploration steps: every 4 x 3 (the shape's relative cost)
+    # only the explorations: every (3 - 1) / (1/6) = 12th, 2 extra plain steps in 12 declined ones
+    assert picks == ([False] * 11 + [True]) * 2
     assert all(load.should_verify(4, 9, 12.5) for _ in range(3))
+    load.observe_outcome(5)  # not an exploration: no backoff either way
+    assert load.backoff == 1
+    assert [load.should_verify(4, 9, 8.0) for _ in range(12)][-1] and load.exploring
+    load.observe_outcome(0)  # the exploration accepted nothing: the next one waits twice as long
+    assert [load.should_verify(4, 9, 8.0) for _ in range(24)] == [False] * 23 + [True]
+    load.observe_outcome(3)
+    assert load.backoff == 1
+    assert LoadAwareDrafting().explore_every == 8 and LoadAwareDrafting().explore_share == 0.02
     assert load.should_verify(4, 1, 4.0)  # nothing drafted: nothing to decide
     assert not LoadAwareDrafting(spec_disable_batch_size=3).enabled(3) and LoadAwareDrafting().enabled(64)
 

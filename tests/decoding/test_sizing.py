@@ -149,11 +149,15 @@ def test_a_faster_forward_refines_the_profile_and_keeps_it_monotone() -> None:
 
 
 def test_sizing_that_starves_explores_and_a_timed_sizer_learns_from_its_forwards() -> None:
-    cfg = TreeSizingConfig(sizes=(1, 2, 3, 4), costs=(1.0, 3.0, 3.0, 3.0), explore_every=4, explore_nodes=2)
+    cfg = TreeSizingConfig(sizes=(1, 2, 3, 4), costs=(1.0, 3.0, 3.0, 3.0), explore_every=4, explore_nodes=2,
+                           explore_share=1 / 6)
     sizer = TreeSizer(CostProfile([1, 2, 3, 4], [0.1, 0.3, 0.3, 0.3]), cfg, timed=True)
     sizes = [sizer.size_fn([1.0, 1.0, 1.0], [1, 2, 3]) for _ in range(24)]  # type: ignore[misc]
-    # 2 nodes never pay at c(2) = 3, yet every 4 x c(3) = 12th step tries
-    assert sizes == ([0] * 11 + [2]) * 2
+    # 2 nodes never pay at c(2) = 3, yet every (c(3) - 1) / (1/6) = 12th step tries: 2 extra plain
+    # steps in 12, the share asked for
+    assert sizes == ([0] * 11 + [2]) * 2 and sizer.explorations == 2
+    assert TreeSizer(sizer.profile, TreeSizingConfig(explore_every=4, explore_nodes=2)).explore_interval == 100
+    assert TreeSizer(CostProfile([1, 4], [0.1, 0.101]), TreeSizingConfig()).explore_interval == 8  # GPU-like
     sizer.observe_time(3, 0.105)  # the 3-token forward ran almost as fast as one token
     assert sizer.refined and sizer.profile is not None and sizer.profile(3) == pytest.approx(1.05)
     untimed = TreeSizer(CostProfile([1, 2], [0.1, 0.3]), cfg)
@@ -192,13 +196,39 @@ def test_draft_cost_limits_the_draft_depth(costly: bool) -> None:
     assert untimed.depth_limit(8, 1) == 8
 
 
+def _starved_until_explored(sizer: TreeSizer) -> int:
+    for i in range(1, 1000):
+        if sizer.size_fn([1.0, 1.0, 1.0], [1, 2, 3]):  # type: ignore[misc]
+            return i
+    raise AssertionError("never explored")
+
+
+def test_explorations_that_accept_nothing_back_off_and_one_that_accepts_resets() -> None:
+    cfg = TreeSizingConfig(explore_every=4, explore_nodes=2, explore_share=1 / 6, explore_backoff_max=4)
+    sizer = TreeSizer(CostProfile([1, 2, 3], [0.1, 0.3, 0.3]), cfg)
+    tree = build_tree(0, Candidates([[1, 2]], [1.0]), 2)
+    waits = []
+    for _ in range(4):  # each exploration rejected: 12, 24, 48, then capped at 4 x 12
+        waits.append(_starved_until_explored(sizer))
+        sizer.observe(tree, (0,))
+    assert waits == [12, 24, 48, 48]
+    sizer.observe(build_tree(0, Candidates(), 0), (0,))  # a plain step says nothing of explorations
+    assert sizer.backoff == 4
+    assert _starved_until_explored(sizer) == 48
+    sizer.observe(tree, (0, 1))  # this exploration's first node was accepted
+    assert sizer.backoff == 1 and _starved_until_explored(sizer) == 12
+    for bad in (dict(explore_share=0.0), dict(explore_share=1.5), dict(explore_backoff_max=0)):
+        with pytest.raises(SpecgenError):
+            TreeSizingConfig(**bad)  # type: ignore[arg-type]
+
+
 def test_depth_limit_explores_after_starving() -> None:
     sizes = (1, 2, 4, 8, 17)
     sizer = TreeSizer(CostProfile(list(sizes), [0.01 * n for n in sizes]),
-                      TreeSizingConfig(explore_every=4, explore_nodes=2), timed=True)
+                      TreeSizingConfig(explore_every=4, explore_nodes=2, explore_share=1 / 6), timed=True)
     sizer.observe_draft(2, 1.0)  # a very slow draft
     limits = [sizer.depth_limit(8, 1) for _ in range(24)]
-    assert limits == ([0] * 11 + [2]) * 2  # every 4 x c(3) = 12th starved step
+    assert limits == ([0] * 11 + [2]) * 2  # every (c(3) - 1) / (1/6) = 12th starved step
 
 
 def test_a_costly_draft_model_is_skipped_and_output_unchanged(tiny_bundle: Any) -> None:
