@@ -59,7 +59,8 @@ class TreeSizingConfig:
     # What explorations may cost, as a share of the starved steps' time: an exploring forward costing
     # c(1 + explore_nodes) = 3.1 plain steps (the fp32 1.5B on this CPU) waits (3.1 - 1) / 0.02 = 105
     # starved steps, one on a GPU (c ~ 1.01) waits `explore_every`. Each exploration that accepts
-    # nothing doubles the wait (up to `explore_backoff_max` times), one that accepts resets it.
+    # nothing doubles the wait (up to `explore_backoff_max` times), one that accepts resets it, and
+    # one that paid for its forward (1 + accepted >= c(fed)) brings the next after `explore_every`.
     explore_share: float = 0.02
     explore_backoff_max: int = 16
 
@@ -223,6 +224,7 @@ class TreeSizer:
         self.starved = 0  # drafting steps in a row sized to no node
         self.backoff = 1  # the exploration wait's multiplier: doubled by each exploration that accepts nothing
         self.exploring = False  # the tree sized last was an exploration
+        self.paid = False  # the last exploration paid for its forward: the next one comes soon
         self.explorations = 0
         # `timed`: the profile was measured on this machine, so each verification forward's time refines it
         self.timed = timed and profile is not None
@@ -239,8 +241,9 @@ class TreeSizer:
         """Starved steps between explorations: max(`explore_every`, (c(1 + k) / c(1) - 1) / share), times
         the backoff. An exploring forward's extra cost over the plain step it replaces, spread over the
         wait, is then at most `explore_share` of the starved steps' time on any model, and a method
-        whose explorations keep failing explores ever more rarely (its loss is logarithmic in length)."""
-        if self.profile is None:
+        whose explorations keep failing explores ever more rarely (its loss is logarithmic in length),
+        and one whose last exploration paid for itself explores again after `explore_every`."""
+        if self.profile is None or self.paid:
             return max(1, self.cfg.explore_every) * self.backoff
         extra = self.profile(1 + self.cfg.explore_nodes) / self.profile(1) - 1.0
         return max(1, self.cfg.explore_every, math.ceil(extra / self.cfg.explore_share - 1e-9)) * self.backoff
@@ -308,7 +311,9 @@ class TreeSizer:
         if self.profile is None or tree.size <= 1:
             return
         if explored:  # an exploration's outcome sets how long the next one waits
-            self.backoff = 1 if len(tuple(path)) > 1 else min(self.backoff * 2, self.cfg.explore_backoff_max)
+            got = len(tuple(path)) - 1
+            self.backoff = 1 if got else min(self.backoff * 2, self.cfg.explore_backoff_max)
+            self.paid = 1 + got >= self.profile(tree.size) / self.profile(1)
         on_path = set(path)
         deepest, got = int(tree.max_depth), len(tuple(path)) - 1
         while len(self.offered) < deepest:

@@ -215,8 +215,12 @@ def test_explorations_that_accept_nothing_back_off_and_one_that_accepts_resets()
     sizer.observe(build_tree(0, Candidates(), 0), (0,))  # a plain step says nothing of explorations
     assert sizer.backoff == 4
     assert _starved_until_explored(sizer) == 48
-    sizer.observe(tree, (0, 1))  # this exploration's first node was accepted
-    assert sizer.backoff == 1 and _starved_until_explored(sizer) == 12
+    sizer.observe(tree, (0, 1))  # this exploration's first node was accepted: 2 tokens for c(3) = 3
+    assert sizer.backoff == 1 and not sizer.paid and _starved_until_explored(sizer) == 12
+    sizer.observe(tree, (0, 1, 2))  # both accepted: 3 tokens paid for c(3) = 3, so the next comes soon
+    assert sizer.paid and _starved_until_explored(sizer) == 4
+    sizer.observe(tree, (0,))  # and one that fails goes back to waiting, doubled
+    assert not sizer.paid and _starved_until_explored(sizer) == 24
     for bad in (dict(explore_share=0.0), dict(explore_share=1.5), dict(explore_backoff_max=0)):
         with pytest.raises(SpecgenError):
             TreeSizingConfig(**bad)  # type: ignore[arg-type]
