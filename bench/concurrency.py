@@ -4,8 +4,11 @@ The server (`specgen.serve`) runs in this process on a free loopback port; for e
 concurrency c, c clients (the official `openai` client, streaming, greedy) share the same prompts
 (the suite's first turns) and send them as fast as they are answered. Per (method, c): output
 tokens/s over the whole wave, per-request latency p50/p95, time to first token p50, and the speedup
-over `ar` at the same concurrency. Methods run one after another, each on an idle server, and every
-answer is checked against `ar`'s at the same concurrency (greedy lossless methods must match).
+over `ar` at the same concurrency, and the draft tokens the wave verified and accepted (the
+responses' `spec_decode` figures: a method whose drafting load-aware drafting switched off verifies
+none, so it did the same target work as `ar`). Methods run one after another, each on an idle
+server, and every answer is checked against `ar`'s at the same concurrency (greedy lossless methods
+must match).
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ class Row:
     latency_p95: float
     ttft_p50: float
     identical_to_ar: int  # answers equal to ar's at this concurrency
+    drafted: int = 0  # draft tokens verified over the wave (the responses' spec_decode)
+    accepted: int = 0  # of which accepted
     speedup: float = 0.0  # tokens/s over ar's at this concurrency
 
     @property
@@ -60,10 +65,10 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def _one(client: Any, model: str, prompt: str, method: str, max_tokens: int) -> tuple[str, int, float, float]:
-    """(text, completion tokens, latency s, TTFT s) of one streamed chat request."""
+def _one(client: Any, model: str, prompt: str, method: str, max_tokens: int) -> tuple[str, int, float, float, int, int]:
+    """(text, completion tokens, latency s, TTFT s, draft tokens verified, accepted) of one streamed chat request."""
     t0 = time.perf_counter()
-    ttft, parts, tokens = None, [], 0
+    ttft, parts, tokens, spec = None, [], 0, None
     stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                             max_tokens=max_tokens, temperature=0, stream=True,
                                             extra_body={"method": method})
@@ -73,8 +78,10 @@ def _one(client: Any, model: str, prompt: str, method: str, max_tokens: int) -> 
             parts.append(chunk.choices[0].delta.content)
         if getattr(chunk, "usage", None) is not None:
             tokens = chunk.usage.completion_tokens
+        spec = getattr(chunk, "spec_decode", None) or spec  # specgen's extra field on the last chunk
     latency = time.perf_counter() - t0
-    return "".join(parts), tokens, latency, ttft if ttft is not None else latency
+    drafted, accepted = (int(spec["num_draft_tokens"]), int(spec["num_accepted_tokens"])) if spec else (0, 0)
+    return "".join(parts), tokens, latency, ttft if ttft is not None else latency, drafted, accepted
 
 
 def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
@@ -125,7 +132,8 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
                 lat, ttft = [g[2] for g in got], [g[3] for g in got]
                 rows.append(Row(method, c, len(got), sum(g[1] for g in got), wall, statistics.median(lat),
                                 _quantile(lat, 0.95), statistics.median(ttft),
-                                sum(a == b for a, b in zip(texts, answers[c]))))
+                                sum(a == b for a, b in zip(texts, answers[c])), sum(g[4] for g in got),
+                                sum(g[5] for g in got)))
     finally:
         server.should_exit = True
         thread.join(timeout=60)

@@ -192,11 +192,12 @@ def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, d
                                progress=lambda what: status.update(what))
     table = Table(title=f"served, {len(prompts)} prompts per wave, {max_new_tokens} new tokens, greedy")
     for col in ("method", "clients", "tokens/s", "speedup vs ar", "latency p50 s", "latency p95 s", "TTFT p50 s",
-                "same as ar"):
+                "same as ar", "drafted", "accepted"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
         table.add_row(r.method, str(r.concurrency), f"{r.tokens_per_s:.1f}", f"{r.speedup:.2f}x", f"{r.latency_p50:.2f}",
-                      f"{r.latency_p95:.2f}", f"{r.ttft_p50:.2f}", f"{r.identical_to_ar}/{r.requests}")
+                      f"{r.latency_p95:.2f}", f"{r.ttft_p50:.2f}", f"{r.identical_to_ar}/{r.requests}", str(r.drafted),
+                      str(r.accepted))
     Console().print(table)
     if out is not None:
         data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts)}, indent=1) + "\n"

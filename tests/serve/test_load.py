@@ -93,6 +93,7 @@ def test_concurrency_bench_measures_every_method_and_level(real_bundle: Any, tmp
     for r in rows:
         assert r.requests == 3 and 3 <= r.tokens <= 18 and r.wall_s > 0 and r.latency_p95 >= r.latency_p50 > 0
         assert r.identical_to_ar == 3  # greedy, lossless: the same answers as ar under load
+        assert 0 <= r.accepted <= r.drafted and (r.drafted == 0 if r.method == "ar" else True)
     assert all(r.speedup == 1.0 for r in rows if r.method == "ar") and all(r.speedup > 0 for r in rows)
     plot_speedup(rows, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 1000
