@@ -14,7 +14,6 @@ expected accepted tokens pay for the longer forward; `spec_disable_batch_size` (
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from ..config import GenerationConfig
 from ..proposers.base import Candidates, Proposer
 from .engine import AcceptRule, Planned, complete, plan, step
 from .loop import DecodeResult, Started, finish
+from .sizing import exploration_wait
 from .stats import StepRecord
 from .tree import build_tree
 
@@ -112,7 +112,7 @@ class LoadAwareDrafting:
             self.declined[b] = 0
             return True
         self.declined[b] = self.declined.get(b, 0) + 1
-        wait = max(1, self.explore_every, math.ceil((draft / plain - 1.0) / self.explore_share - 1e-9)) * self.backoff
+        wait = exploration_wait(draft / plain - 1.0, self.explore_every, self.explore_share) * self.backoff
         if self.explore_every and self.declined[b] >= wait:
             self.declined[b], self.exploring = 0, True
             return True

@@ -209,6 +209,12 @@ def choose_size(probs: list[float], cost: CostProfile, budget: int) -> int:
     return best_n
 
 
+def exploration_wait(extra: float, every: int, share: float) -> int:
+    """Starved steps before an exploration whose forward costs `extra` plain steps more than the one it
+    replaces: at least `every`, and enough that explorations take at most `share` of the time."""
+    return max(1, every, math.ceil(extra / share - 1e-9))
+
+
 class TreeSizer:
     """One generation's sizing state, shared by the decode loop and trace replay.
 
@@ -246,7 +252,7 @@ class TreeSizer:
         if self.profile is None or self.paid:
             return max(1, self.cfg.explore_every) * self.backoff
         extra = self.profile(1 + self.cfg.explore_nodes) / self.profile(1) - 1.0
-        return max(1, self.cfg.explore_every, math.ceil(extra / self.cfg.explore_share - 1e-9)) * self.backoff
+        return exploration_wait(extra, self.cfg.explore_every, self.cfg.explore_share) * self.backoff
 
     @property
     def size_fn(self) -> Callable[[list[float], list[int]], int] | None:
