@@ -316,12 +316,11 @@ class TreeSizer:
         explored, self.exploring = self.exploring, False
         if self.profile is None or tree.size <= 1:
             return
+        deepest, got = int(tree.max_depth), len(tuple(path)) - 1
         if explored:  # an exploration's outcome sets how long the next one waits
-            got = len(tuple(path)) - 1
             self.backoff = 1 if got else min(self.backoff * 2, self.cfg.explore_backoff_max)
             self.paid = 1 + got >= self.profile(tree.size) / self.profile(1)
         on_path = set(path)
-        deepest, got = int(tree.max_depth), len(tuple(path)) - 1
         while len(self.offered) < deepest:
             self.offered.append(0.0)
             self.reached.append(0.0)
