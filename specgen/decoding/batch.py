@@ -24,8 +24,8 @@ from .. import adapter
 from ..config import GenerationConfig
 from ..proposers.base import Candidates, Proposer
 from .engine import AcceptRule, Planned, complete, plan, step
+from .explore import ExplorationClock
 from .loop import DecodeResult, Started, finish
-from .sizing import exploration_wait
 from .stats import StepRecord
 from .tree import build_tree
 
@@ -71,11 +71,10 @@ class LoadAwareDrafting:
     measured first. An unmeasured draft shape is estimated from the rows' batch-1 cost profile when
     one is known (`profile`: B rows of n nodes cost about what one row of B * n tokens does, the
     matmuls seeing the same number of tokens), c(B, n) ~ c(B, 1) * c_1(B * n) / c_1(B), and else
-    measured. Drafting runs anyway after at least `explore_every` declined steps, and after as many as
-    make the exploring forward's extra cost (c(B, n) / c(B, 1) - 1) at most `explore_share` of the
-    declined steps' time, so acceptance estimates stay current at a bounded price; an exploration that
-    accepts nothing doubles the next wait (up to `explore_backoff_max` times), one that accepts resets
-    it. `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches drafting off from
+    measured. Declined steps explore now and then (`ExplorationClock`, the tree sizer's: the exploring
+    forward's extra cost, c(B, n) / c(B, 1) - 1, is at most `explore_share` of the declined steps'
+    time, and the wait backs off while explorations accept nothing), so acceptance estimates stay
+    current at a bounded price. `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches drafting off from
     that batch size on, whatever is measured.
     """
 
@@ -86,10 +85,12 @@ class LoadAwareDrafting:
     decay: float = 0.7  # weight of the previous estimate
     costs: dict[tuple[int, int], float] = field(default_factory=dict)  # (B, n bucket) -> forward seconds
     plan_s: dict[int, float] = field(default_factory=dict)  # B -> planning seconds of a drafting step
-    declined: dict[int, int] = field(default_factory=dict)  # B -> drafting steps declined since the last verified
-    backoff: int = 1
-    exploring: bool = False  # the last verified drafts were an exploration
     profile: Any = None  # the rows' batch-1 CostProfile (relative cost of a forward over n tokens)
+    clock: ExplorationClock = field(init=False)  # starved steps per batch size B
+    ratio: float = field(init=False, default=1.0)  # c(B, n) / c(B, 1) of the drafts last let through
+
+    def __post_init__(self) -> None:
+        self.clock = ExplorationClock(self.explore_every, self.explore_share, self.explore_backoff_max)
 
     def enabled(self, b: int) -> bool:
         """Whether rows may draft at all at batch size b (the hard override)."""
@@ -97,7 +98,7 @@ class LoadAwareDrafting:
 
     def should_verify(self, b: int, n: int, expected_tokens: float) -> bool:
         """Verify B rows' drafts padded to n nodes (expected to emit `expected_tokens`), or plain steps."""
-        self.exploring = False
+        self.clock.exploring = False
         if n <= 1:
             return True
         plain = self.costs.get((b, 1))
@@ -108,21 +109,17 @@ class LoadAwareDrafting:
             draft = plain * _tokens_cost(self.profile, b * _bucket(n)) / _tokens_cost(self.profile, b)
         if draft is None:
             return True  # measure it
+        self.ratio = draft / plain
         if expected_tokens / (self.plan_s.get(b, 0.0) + draft) >= b / plain:
-            self.declined[b] = 0
+            self.clock.verified(b)
             return True
-        self.declined[b] = self.declined.get(b, 0) + 1
-        wait = exploration_wait(draft / plain - 1.0, self.explore_every, self.explore_share) * self.backoff
-        if self.explore_every and self.declined[b] >= wait:
-            self.declined[b], self.exploring = 0, True
-            return True
-        return False
+        return self.clock.starve(b, self.ratio - 1.0)
 
-    def observe_outcome(self, accepted: int) -> None:
-        """After a verified drafting step: an exploration that accepted nothing doubles the next wait."""
-        if self.exploring:
-            self.backoff = 1 if accepted > 0 else min(self.backoff * 2, self.explore_backoff_max)
-            self.exploring = False
+    def observe_outcome(self, b: int, accepted: int) -> None:
+        """After a verified drafting step of `b` rows that accepted `accepted` draft tokens in all: an
+        exploration's outcome sets the next wait (`ExplorationClock.outcome`): it paid when the b + accepted
+        tokens it emitted are worth its forward's c(B, n) / c(B, 1) plain steps of b tokens."""
+        self.clock.outcome(accepted, paid=b + accepted >= b * self.ratio)
 
     def observe(self, b: int, n: int, forward_s: float, plan_s: float) -> None:
         key = (b, _bucket(n))
@@ -231,7 +228,7 @@ class BatchDecoder:
         assert all(r.done or m == r.started.state.n_kv for r, m in zip(rows, new)), "batched commit out of step"
         if n > 1:
             self.drafting_steps += 1
-            self.load.observe_outcome(sum(rec.accepted for rec in records))
+            self.load.observe_outcome(b, sum(rec.accepted for rec in records))
         else:
             self.plain_steps += 1
         return records

@@ -144,7 +144,7 @@ def complete(state: DecodeState, proposer: Proposer, rule: AcceptRule, planned: 
     of the row's cost profile, which is a batch-1 calibration saved for later runs."""
     tree, tb, tc = planned.tree, planned.t_planned, t_verified
     if own_forward:
-        state.sizer.observe_time(tree.size, tc - tb)
+        state.sizer.observe_time(state.sizer.fed(tree.size), tc - tb)
     acc = rule.accept(tree, ver)
     commit(acc.path)
     state.sizer.observe(tree, acc.path)

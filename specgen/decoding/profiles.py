@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .sizing import _PROFILES, CostProfile, TreeSizingConfig, measure_cost_profile
+from .sizing import _PROFILES, CostProfile, TreeSizingConfig, measure_cost_profile, profile_memory_key
 
 
 def profile_key(model: Any, cfg: TreeSizingConfig) -> str:
@@ -22,7 +22,8 @@ def profile_key(model: Any, cfg: TreeSizingConfig) -> str:
     for k in ("_name_or_path", "transformers_version", "_attn_implementation_autoset"):
         conf.pop(k, None)
     raw = json.dumps({"config": conf, "device": str(model.device), "dtype": str(model.dtype),
-                      "threads": torch.get_num_threads(), "sizes": list(cfg.sizes), "torch": torch.__version__},
+                      "threads": torch.get_num_threads(), "sizes": list(cfg.sizes), "torch": torch.__version__,
+                      "format": 2, "pad": cfg.pad_forwards},  # format 2: interleaved timing rounds, pads
                      sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
@@ -34,14 +35,15 @@ def cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> tu
 
     if cfg.costs is not None:
         return CostProfile(list(cfg.sizes), list(cfg.costs)), False
-    mem_key = (str(model.device), torch.get_num_threads(), cfg.sizes)
+    mem_key = profile_memory_key(model, cfg)
     known = _PROFILES.get(model, {})
     if mem_key in known:
         return known[mem_key], False
     path = cache_dir() / "profiles" / f"{profile_key(model, cfg)}.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        profile = CostProfile(list(data["sizes"]), [float(s) for s in data["seconds"]])
+        profile = CostProfile(list(data["sizes"]), [float(s) for s in data["seconds"]],
+                              [int(p) for p in data["pads"]] if "pads" in data else None)
         if profile.sizes == list(cfg.sizes):
             _PROFILES.setdefault(model, {})[mem_key] = profile
             return profile, False
@@ -57,7 +59,7 @@ def _write(path: Any, model: Any, profile: CostProfile) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"sizes": profile.sizes, "seconds": profile.seconds,
+        atomic_write_text(path, json.dumps({"sizes": profile.sizes, "seconds": profile.seconds, "pads": profile.pads,
                                             "device": str(model.device), "dtype": str(model.dtype),
                                             "threads": torch.get_num_threads()}) + "\n")
     except OSError:

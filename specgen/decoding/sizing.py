@@ -9,7 +9,8 @@ and EAGLE-2's dynamic trees, with measured rather than assumed costs):
 
 - `CostProfile`: c(n), the time of a verification forward over n tokens relative to one token,
   measured once per model, device and thread count on the live KV cache (chains of each size in
-  `sizes`, best of `reps`), interpolated in between;
+  `sizes`, best of `reps` interleaved rounds), interpolated in between; a size that runs slower
+  than a bigger one is padded to it (CPU BLAS: 4 rows cost less than 2 or 3);
 - `AcceptanceModel`: P(node accepted | node score), calibrated online per generation over score
   bins with a Beta prior, so any proposer's scores (summed similarity, frequency, 1.0 per
   candidate) become acceptance probabilities;
@@ -22,7 +23,6 @@ what is accepted among the verified nodes, so lossless methods stay lossless.
 from __future__ import annotations
 
 import bisect
-import math
 import time
 import weakref
 from dataclasses import dataclass
@@ -32,11 +32,13 @@ import torch
 
 from ..errors import SpecgenError
 from ..validate import check_fields, choice
+from .explore import ExplorationClock
 
 if TYPE_CHECKING:
     from .tree import Tree
 
 SIZING_MODES = ("cost", "budget")
+PRIOR_DEPTHS = ("flat", "geometric")
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,20 @@ class TreeSizingConfig:
     mode: str = "cost"
     sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 17)  # forward sizes (root included) timed; 17 = budget 16
     reps: int = 2  # timings per size (after one warm-up run); the fastest counts
+    # ... and more, until this many seconds were timed per size (at most 65 runs): a sub-millisecond
+    # forward's best of 2 is often a scheduler hiccup.
+    min_time_s: float = 0.01
+    # Pad a forward to a bigger timed size that ran faster (`CostProfile.from_timings`); False runs
+    # every forward at its own size, costed as timed.
+    pad_forwards: bool = True
     # Relative costs per size, given instead of measured (reproducible sizing, or a profile taken
     # on another run); None = time this machine.
     costs: tuple[float, ...] | None = None
     prior_mean: float = 0.3  # acceptance probability of a node before any evidence
+    # "flat": prior_mean at every depth; "geometric": prior_mean ** depth, as if each node were accepted
+    # with prior_mean given its parent (the draft-depth limit's prior). A flat prior makes a 10-node
+    # chain look like break-even on a flat-topped cost curve before any evidence.
+    prior_depth: str = "flat"
     prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
     # After at least this many drafting steps in a row sized to nothing, verify `explore_nodes` anyway:
     # an acceptance calibration (or a cost profile timed on a busy machine) that never lets a node be
@@ -67,10 +79,13 @@ class TreeSizingConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         choice("tree_sizing", self.mode, SIZING_MODES)
+        choice("prior_depth", self.prior_depth, PRIOR_DEPTHS)
         if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(set(self.sizes)):
             raise SpecgenError("tree sizing: sizes must be increasing and start at 1")
         if self.costs is not None and (len(self.costs) != len(self.sizes) or min(self.costs) <= 0):
             raise SpecgenError("tree sizing: costs must give one positive number per size")
+        if self.min_time_s < 0:
+            raise SpecgenError("tree sizing: min-time-s must be >= 0")
         if self.reps < 1 or self.prior_weight <= 0 or not 0.0 < self.prior_mean < 1.0:
             raise SpecgenError("tree sizing: reps >= 1, prior-weight > 0 and prior-mean in (0, 1) are required")
         if not 0.0 < self.explore_share <= 1.0 or self.explore_backoff_max < 1 or self.explore_every < 0:
@@ -79,14 +94,50 @@ class TreeSizingConfig:
 
 
 class CostProfile:
-    """Relative verification cost c(n) of a forward over n tokens (c(1) = 1), piecewise linear."""
+    """Relative verification cost c(n) of a forward over n tokens (c(1) = 1), piecewise linear.
 
-    def __init__(self, sizes: list[int], seconds: list[float]) -> None:
+    `pads[i]`: the size a forward of `sizes[i]` tokens is padded to, because that bigger forward was
+    timed faster (`from_timings`); the identity when not given.
+    """
+
+    def __init__(self, sizes: list[int], seconds: list[float], pads: list[int] | None = None) -> None:
         assert len(sizes) == len(seconds) and sizes[0] == 1, "one timing per size, starting at size 1"
         self.sizes = list(sizes)
         self.seconds = list(seconds)
+        self.pads = list(pads) if pads is not None else list(sizes)
+        assert len(self.pads) == len(self.sizes) and all(p >= n for p, n in zip(self.pads, self.sizes)), \
+            "a size pads to itself or a bigger one"
         base = max(seconds[0], 1e-9)
         self.relative = [s / base for s in seconds]
+
+    @classmethod
+    def from_timings(cls, sizes: list[int], raw: list[float], pad_gain: float | None = 0.05) -> "CostProfile":
+        """The profile of raw best timings per size. A smaller forward never has to cost more than a
+        bigger one, since it can be padded to it: a size whose bigger neighbour ran more than
+        `pad_gain` faster is padded to the fastest size above it (CPU BLAS runs 2-3 row matmuls as
+        one matrix-vector product per row, each reading every weight again, and 4 rows as one
+        matrix product: on this project's CPU 4 tokens cost less than 2 or 3). Timing noise only
+        ever slows a forward down, so each size also gets the lowest time of the sizes above it.
+        `pad_gain` None: no padding, the raw timings as they are."""
+        pads, seconds = list(sizes), list(raw)
+        if pad_gain is None:
+            return cls(list(sizes), seconds)
+        best = len(sizes) - 1
+        for i in range(len(sizes) - 1, -1, -1):
+            if raw[i] <= raw[best]:
+                best = i
+            if raw[best] < raw[i] * (1.0 - pad_gain):
+                pads[i] = sizes[best]
+            seconds[i] = raw[best]
+        return cls(list(sizes), seconds, pads)
+
+    def padded(self, n: int) -> int:
+        """The forward size that `n` fed tokens run as: a size between timed ones pads as the next
+        timed size does (when that one pads at all)."""
+        i = bisect.bisect_left(self.sizes, n)
+        if i == len(self.sizes) or (self.sizes[i] != n and self.pads[i] == self.sizes[i]):
+            return n
+        return self.pads[i]
 
     def __call__(self, n: int) -> float:
         """c(n), interpolated between timed sizes, extrapolated linearly past the largest."""
@@ -119,12 +170,20 @@ class CostProfile:
         return True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sizes": self.sizes, "relative": [round(r, 3) for r in self.relative]}
+        out: dict[str, Any] = {"sizes": self.sizes, "relative": [round(r, 3) for r in self.relative]}
+        if self.pads != self.sizes:
+            out["pads"] = self.pads
+        return out
 
 
 # Per model object (weakly held: a freed model's profile goes with it, and a new model that reuses
 # its id() is timed afresh), then per device, thread count and sizes.
 _PROFILES: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CostProfile]]" = weakref.WeakKeyDictionary()
+
+
+def profile_memory_key(model: Any, cfg: TreeSizingConfig) -> tuple[Any, ...]:
+    """A profile's key in `_PROFILES[model]`: what its timings depend on besides the model."""
+    return (str(model.device), torch.get_num_threads(), cfg.sizes, cfg.pad_forwards)
 
 
 def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfig) -> CostProfile:
@@ -135,17 +194,21 @@ def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfi
 
     if cfg.costs is not None:
         return CostProfile(list(cfg.sizes), list(cfg.costs))
-    key = (str(model.device), torch.get_num_threads(), cfg.sizes)
+    key = profile_memory_key(model, cfg)
     known = _PROFILES.setdefault(model, {})
     if key in known:
         return known[key]
     cuda = model.device.type == "cuda"
     vocab = int(model.config.vocab_size)
-    seconds = []
-    for n in cfg.sizes:
-        mask = adapter.causal_mask(n, model.device)  # [n, n] a chain
-        best = float("inf")
-        for r in range(cfg.reps + 1):  # the first run of each size warms up
+    masks = [adapter.causal_mask(n, model.device) for n in cfg.sizes]  # [n, n] chains
+    seconds = [float("inf")] * len(cfg.sizes)
+    timed = [0.0] * len(cfg.sizes)
+    # Rounds over every size, so that a slow spell of the machine inflates one round, not one size;
+    # the first round warms up.
+    for r in range(66):
+        if r > cfg.reps and min(timed) >= cfg.min_time_s:
+            break
+        for i, (n, mask) in enumerate(zip(cfg.sizes, masks)):
             tokens = torch.randint(0, vocab, (n,), device=model.device)  # [n]
             if cuda:
                 torch.cuda.synchronize()
@@ -154,13 +217,10 @@ def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfi
             if cuda:
                 torch.cuda.synchronize()
             if r:
-                best = min(best, time.perf_counter() - t0)
+                took = time.perf_counter() - t0
+                seconds[i], timed[i] = min(seconds[i], took), timed[i] + took
             adapter.crop_cache(cache, n_kv)
-        seconds.append(best)
-    # A bigger forward never costs less than a smaller one in expectation: timing noise aside.
-    for i in range(1, len(seconds)):
-        seconds[i] = max(seconds[i], seconds[i - 1])
-    profile = CostProfile(list(cfg.sizes), seconds)
+    profile = CostProfile.from_timings(list(cfg.sizes), seconds, 0.05 if cfg.pad_forwards else None)
     known[key] = profile
     return profile
 
@@ -175,10 +235,11 @@ class AcceptanceModel:
     EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # score bin i holds scores in [EDGES[i-1], EDGES[i])
     DEPTHS = (2, 3, 4, 6, 9)  # depth bin j holds depths in [DEPTHS[j-1], DEPTHS[j])
 
-    def __init__(self, prior_mean: float = 0.3, prior_weight: float = 2.0) -> None:
-        bins = (len(self.EDGES) + 1) * (len(self.DEPTHS) + 1)
-        self.accepted = [prior_mean * prior_weight] * bins
-        self.drafted = [prior_weight] * bins
+    def __init__(self, prior_mean: float = 0.3, prior_weight: float = 2.0, *, geometric: bool = False) -> None:
+        lowest = (1, *self.DEPTHS)  # the smallest depth of each depth bin
+        self.accepted = [prior_weight * (prior_mean ** d if geometric else prior_mean)
+                         for _ in range(len(self.EDGES) + 1) for d in lowest]
+        self.drafted = [prior_weight] * len(self.accepted)
 
     def _bin(self, score: float, depth: int) -> int:
         return bisect.bisect_right(self.EDGES, score) * (len(self.DEPTHS) + 1) + bisect.bisect_right(self.DEPTHS, depth)
@@ -209,12 +270,6 @@ def choose_size(probs: list[float], cost: CostProfile, budget: int) -> int:
     return best_n
 
 
-def exploration_wait(extra: float, every: int, share: float) -> int:
-    """Starved steps before an exploration whose forward costs `extra` plain steps more than the one it
-    replaces: at least `every`, and enough that explorations take at most `share` of the time."""
-    return max(1, every, math.ceil(extra / share - 1e-9))
-
-
 class TreeSizer:
     """One generation's sizing state, shared by the decode loop and trace replay.
 
@@ -226,12 +281,8 @@ class TreeSizer:
     def __init__(self, profile: CostProfile | None, cfg: TreeSizingConfig, *, timed: bool = False) -> None:
         self.profile = profile
         self.cfg = cfg
-        self.calibration = AcceptanceModel(cfg.prior_mean, cfg.prior_weight)
-        self.starved = 0  # drafting steps in a row sized to no node
-        self.backoff = 1  # the exploration wait's multiplier: doubled by each exploration that accepts nothing
-        self.exploring = False  # the tree sized last was an exploration
-        self.paid = False  # the last exploration paid for its forward: the next one comes soon
-        self.explorations = 0
+        self.calibration = AcceptanceModel(cfg.prior_mean, cfg.prior_weight, geometric=cfg.prior_depth == "geometric")
+        self.clock = ExplorationClock(cfg.explore_every, cfg.explore_share, cfg.explore_backoff_max)  # keys "nodes" (`_size`) and "depth" (`depth_limit`)
         # `timed`: the profile was measured on this machine, so each verification forward's time refines it
         self.timed = timed and profile is not None
         self.refined = False
@@ -240,19 +291,18 @@ class TreeSizer:
         self.draft_seconds: list[float] = []
         self.offered: list[float] = []
         self.reached: list[float] = []
-        self.depth_starved = 0
 
     @property
     def explore_interval(self) -> int:
-        """Starved steps between explorations: max(`explore_every`, (c(1 + k) / c(1) - 1) / share), times
-        the backoff. An exploring forward's extra cost over the plain step it replaces, spread over the
-        wait, is then at most `explore_share` of the starved steps' time on any model, and a method
-        whose explorations keep failing explores ever more rarely (its loss is logarithmic in length),
-        and one whose last exploration paid for itself explores again after `explore_every`."""
-        if self.profile is None or self.paid:
-            return max(1, self.cfg.explore_every) * self.backoff
-        extra = self.profile(1 + self.cfg.explore_nodes) / self.profile(1) - 1.0
-        return exploration_wait(extra, self.cfg.explore_every, self.cfg.explore_share) * self.backoff
+        """Starved steps before the next exploration (`ExplorationClock.wait`): an exploring forward's
+        extra cost, c(1 + k) / c(1) - 1, spread over the wait, is at most `explore_share` of the
+        starved steps' time on any model."""
+        return self.clock.wait(self._explore_extra())
+
+    def _explore_extra(self) -> float:
+        if self.profile is None:
+            return 0.0
+        return self.profile(1 + self.cfg.explore_nodes) / self.profile(1) - 1.0
 
     @property
     def size_fn(self) -> Callable[[list[float], list[int]], int] | None:
@@ -262,14 +312,10 @@ class TreeSizer:
         """How many of the ranked nodes to verify: the count that pays best for its forward."""
         assert self.profile is not None
         n = choose_size([self.calibration.prob(s, d) for s, d in zip(scores, depths)], self.profile, len(scores))
-        if n == 0 and scores and self.cfg.explore_every:
-            self.starved += 1
-            if self.starved >= self.explore_interval:
-                self.starved, self.exploring = 0, True
-                self.explorations += 1
-                return min(len(scores), self.cfg.explore_nodes)
-        elif n:
-            self.starved = 0
+        if n == 0 and scores and self.clock.starve("nodes", self._explore_extra()):
+            return min(len(scores), self.cfg.explore_nodes)
+        if n:
+            self.clock.verified("nodes")
         return n
 
     def depth_limit(self, budget: int, nodes_per_depth: int) -> int:
@@ -290,15 +336,15 @@ class TreeSizer:
             rate = expected / (self.profile(k * nodes_per_depth + 1) + k * r)
             if rate > best_rate:
                 best_k, best_rate = k, rate
-        if best_k == 0 and self.cfg.explore_every:
-            self.depth_starved += 1
-            if self.depth_starved >= self.explore_interval:  # as in `_size`: keep the estimate correctable
-                self.depth_starved, self.exploring = 0, True
-                self.explorations += 1
-                return min(budget, self.cfg.explore_nodes)
-        elif best_k:
-            self.depth_starved = 0
+        if best_k == 0 and self.clock.starve("depth", self._explore_extra()):  # as in `_size`
+            return min(budget, self.cfg.explore_nodes)
+        if best_k:
+            self.clock.verified("depth")
         return best_k
+
+    def fed(self, n: int) -> int:
+        """Tokens a verification forward of an n-node tree feeds (the profile's padding, else n)."""
+        return self.profile.padded(n) if self.profile is not None else n
 
     def observe_draft(self, depth: int, seconds: float) -> None:
         """A draft of `depth` took `seconds` (the proposer's whole propose call); the last 16 count."""
@@ -313,13 +359,11 @@ class TreeSizer:
 
     def observe(self, tree: "Tree", path: Iterable[int]) -> None:
         """Fold in a verified tree and the node indices of its accepted path (root included)."""
-        explored, self.exploring = self.exploring, False
         if self.profile is None or tree.size <= 1:
+            self.clock.exploring = False
             return
         deepest, got = int(tree.max_depth), len(tuple(path)) - 1
-        if explored:  # an exploration's outcome sets how long the next one waits
-            self.backoff = 1 if got else min(self.backoff * 2, self.cfg.explore_backoff_max)
-            self.paid = 1 + got >= self.profile(tree.size) / self.profile(1)
+        self.clock.outcome(got, paid=1 + got >= self.profile(tree.size) / self.profile(1))
         on_path = set(path)
         while len(self.offered) < deepest:
             self.offered.append(0.0)

@@ -19,11 +19,26 @@ if TYPE_CHECKING:
     from .engine import DecodeState, Verification
 
 
-def verify_tree(model: Any, cache: Any, tree: Tree, n_kv: int, *, hidden_layer: int | None = None) -> adapter.ForwardOutput:
-    """Logits [n, V] (and hidden [n, H] at `hidden_layer`) for every node of `tree` on top of `cache`."""
+def verify_tree(model: Any, cache: Any, tree: Tree, n_kv: int, *, hidden_layer: int | None = None,
+                pad_to: int = 0) -> adapter.ForwardOutput:
+    """Logits [n, V] (and hidden [n, H] at `hidden_layer`) for every node of `tree` on top of `cache`.
+
+    `pad_to` > n feeds that many tokens: the padding nodes see the prefix and themselves only, and no
+    tree node sees them (`CostProfile.pads`: a bigger forward that runs faster). Their KV entries
+    sit after the tree's, where the commit crops them."""
     assert adapter.cache_length(cache) == n_kv, "cache must hold exactly the committed prefix"
+    n = tree.size
     positions = tree.depth + n_kv  # [n] on the tree's device
-    return adapter.tree_forward(model, tree.tokens, positions, cache, tree.mask, hidden_layer=hidden_layer)
+    if pad_to <= n:
+        return adapter.tree_forward(model, tree.tokens, positions, cache, tree.mask, hidden_layer=hidden_layer)
+    m, dev = pad_to, tree.tokens.device
+    tokens = torch.cat([tree.tokens, tree.tokens[:1].expand(m - n)])  # [m] padding repeats the pending token
+    positions = torch.cat([positions, positions[:1].expand(m - n)])  # [m]
+    mask = torch.eye(m, dtype=torch.bool, device=dev)  # [m, m]
+    mask[:n, :n] = tree.mask
+    out = adapter.tree_forward(model, tokens, positions, cache, mask, hidden_layer=hidden_layer)
+    return adapter.ForwardOutput(out.logits[:n], out.hidden[:n] if out.hidden is not None else None,
+                                 {k: g[..., :n] for k, g in out.grounding.items()})
 
 
 def prefill(model: Any, prompt_ids: list[int], hidden_layer: int | None = None) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
@@ -54,7 +69,8 @@ class ModelVerifier:
         return self.sampler.sample(target_probs(logits.view(1, -1), self.sampling)[0], pos)
 
     def verify(self, state: "DecodeState", tree: Tree) -> "Verification":
-        out = verify_tree(self.model, state.cache, tree, state.n_kv, hidden_layer=self.hidden_layer)
+        out = verify_tree(self.model, state.cache, tree, state.n_kv, hidden_layer=self.hidden_layer,
+                          pad_to=state.sizer.fed(tree.size))
         return self.verification(tree, out.logits, out.hidden, state.cache, state.n_kv)
 
     def verification(self, tree: Tree, logits: torch.Tensor, hidden: torch.Tensor | None, cache: Any, n_kv: int,

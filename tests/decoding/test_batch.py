@@ -135,13 +135,16 @@ def test_load_aware_drafting_verifies_drafts_only_where_the_measured_costs_pay()
     # only the explorations: every (3 - 1) / (1/6) = 12th, 2 extra plain steps in 12 declined ones
     assert picks == ([False] * 11 + [True]) * 2
     assert all(load.should_verify(4, 9, 12.5) for _ in range(3))
-    load.observe_outcome(5)  # not an exploration: no backoff either way
-    assert load.backoff == 1
-    assert [load.should_verify(4, 9, 8.0) for _ in range(12)][-1] and load.exploring
-    load.observe_outcome(0)  # the exploration accepted nothing: the next one waits twice as long
+    load.observe_outcome(4, 5)  # not an exploration: no backoff either way
+    assert load.clock.backoff == 1
+    assert [load.should_verify(4, 9, 8.0) for _ in range(12)][-1] and load.clock.exploring
+    load.observe_outcome(4, 0)  # the exploration accepted nothing: the next one waits twice as long
     assert [load.should_verify(4, 9, 8.0) for _ in range(24)] == [False] * 23 + [True]
-    load.observe_outcome(3)
-    assert load.backoff == 1
+    load.observe_outcome(4, 3)  # accepted, but 7 tokens for 3 plain steps of 4 did not pay: the wait is 12
+    assert load.clock.backoff == 1 and not load.clock.paid
+    assert [load.should_verify(4, 9, 8.0) for _ in range(12)] == [False] * 11 + [True]
+    load.observe_outcome(4, 8)  # 12 tokens for 3 plain steps of 4 tokens: paid, the next comes after 4
+    assert load.clock.paid and [load.should_verify(4, 9, 8.0) for _ in range(4)] == [False] * 3 + [True]
     assert LoadAwareDrafting().explore_every == 8 and LoadAwareDrafting().explore_share == 0.02
     assert load.should_verify(4, 1, 4.0)  # nothing drafted: nothing to decide
     assert not LoadAwareDrafting(spec_disable_batch_size=3).enabled(3) and LoadAwareDrafting().enabled(64)

@@ -59,6 +59,10 @@ def test_acceptance_model_learns_per_score_and_depth() -> None:
     assert m.prob(3.0, 5) < 0.1  # the same score deeper: rejected
     assert m.prob(0.3, 1) < 0.1
     assert m.prob(3.0, 1) == m.prob(2.5, 1)  # same bins
+    geo = AcceptanceModel(prior_mean=0.3, prior_weight=2.0, geometric=True)  # each node 0.3 given its parent
+    assert [geo.prob(1.0, d) for d in (1, 2, 3, 7)] == pytest.approx([0.3, 0.09, 0.027, 0.3 ** 6])
+    with pytest.raises(SpecgenError, match="prior-depth"):
+        TreeSizingConfig(prior_depth="linear")
     with pytest.raises(SpecgenError, match="--tree-sizing must be one of"):
         TreeSizingConfig(mode="fixed")
     with pytest.raises(SpecgenError, match="sizes"):
@@ -155,7 +159,7 @@ def test_sizing_that_starves_explores_and_a_timed_sizer_learns_from_its_forwards
     sizes = [sizer.size_fn([1.0, 1.0, 1.0], [1, 2, 3]) for _ in range(24)]  # type: ignore[misc]
     # 2 nodes never pay at c(2) = 3, yet every (c(3) - 1) / (1/6) = 12th step tries: 2 extra plain
     # steps in 12, the share asked for
-    assert sizes == ([0] * 11 + [2]) * 2 and sizer.explorations == 2
+    assert sizes == ([0] * 11 + [2]) * 2 and sizer.clock.explorations == 2
     assert TreeSizer(sizer.profile, TreeSizingConfig(explore_every=4, explore_nodes=2)).explore_interval == 100
     assert TreeSizer(CostProfile([1, 4], [0.1, 0.101]), TreeSizingConfig()).explore_interval == 8  # GPU-like
     sizer.observe_time(3, 0.105)  # the 3-token forward ran almost as fast as one token
@@ -213,14 +217,14 @@ def test_explorations_that_accept_nothing_back_off_and_one_that_accepts_resets()
         sizer.observe(tree, (0,))
     assert waits == [12, 24, 48, 48]
     sizer.observe(build_tree(0, Candidates(), 0), (0,))  # a plain step says nothing of explorations
-    assert sizer.backoff == 4
+    assert sizer.clock.backoff == 4
     assert _starved_until_explored(sizer) == 48
     sizer.observe(tree, (0, 1))  # this exploration's first node was accepted: 2 tokens for c(3) = 3
-    assert sizer.backoff == 1 and not sizer.paid and _starved_until_explored(sizer) == 12
+    assert sizer.clock.backoff == 1 and not sizer.clock.paid and _starved_until_explored(sizer) == 12
     sizer.observe(tree, (0, 1, 2))  # both accepted: 3 tokens paid for c(3) = 3, so the next comes soon
-    assert sizer.paid and _starved_until_explored(sizer) == 4
+    assert sizer.clock.paid and _starved_until_explored(sizer) == 4
     sizer.observe(tree, (0,))  # and one that fails goes back to waiting, doubled
-    assert not sizer.paid and _starved_until_explored(sizer) == 24
+    assert not sizer.clock.paid and _starved_until_explored(sizer) == 24
     for bad in (dict(explore_share=0.0), dict(explore_share=1.5), dict(explore_backoff_max=0)):
         with pytest.raises(SpecgenError):
             TreeSizingConfig(**bad)  # type: ignore[arg-type]
@@ -261,3 +265,67 @@ def test_a_costly_draft_model_is_skipped_and_output_unchanged(tiny_bundle: Any) 
     uncounted_rate, counted_rate = fast.stats.drafted / fast.stats.steps, slow.stats.drafted / slow.stats.steps
     assert uncounted_rate >= 2
     assert counted_rate < uncounted_rate / 2, "a draft costing many verification steps per depth kept drafting"
+
+
+def test_a_size_timed_slower_than_a_bigger_one_is_padded_to_it() -> None:
+    """CPU BLAS runs 2-3 row matmuls as row-wise matrix-vector products: 4 tokens can cost less than
+    2 or 3. Such sizes pad to the fastest size above them and are costed as it; a difference within
+    5% (noise) pads nothing, but the lower time still counts."""
+    prof = CostProfile.from_timings([1, 2, 3, 4, 6, 8], [1.0, 1.7, 2.1, 1.5, 1.6, 1.9])
+    assert prof.pads == [1, 4, 4, 4, 6, 8] and prof.seconds == [1.0, 1.5, 1.5, 1.5, 1.6, 1.9]
+    assert [prof.padded(n) for n in (1, 2, 3, 5, 7, 8, 9)] == [1, 4, 4, 5, 7, 8, 9] and prof.to_dict()["pads"] == prof.pads
+    noisy = CostProfile.from_timings([1, 2, 3], [1.0, 1.03, 1.0])
+    assert noisy.pads == [1, 2, 3] and noisy.seconds == [1.0, 1.0, 1.0] and "pads" not in noisy.to_dict()
+    raw = CostProfile.from_timings([1, 2, 3], [1.0, 2.0, 1.5], pad_gain=None)
+    assert raw.pads == [1, 2, 3] and raw.seconds == [1.0, 2.0, 1.5]
+    sizer = TreeSizer(prof, TreeSizingConfig())
+    assert sizer.fed(2) == 4 and TreeSizer(None, TreeSizingConfig(mode="budget")).fed(2) == 2
+
+
+def test_padded_verification_keeps_greedy_output_and_feeds_the_padded_size(tiny_bundle: Any, tmp_path: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from specgen import adapter
+    from specgen.decoding.sizing import _PROFILES, profile_memory_key
+
+    monkeypatch.setenv("SPECGEN_CACHE", str(tmp_path))  # the made-up profile, once refined, is saved there
+    cfg = TreeSizingConfig()
+    fed: list[int] = []
+    forward = adapter.tree_forward
+
+    def counting(model: Any, tokens: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        fed.append(int(tokens.shape[0]))
+        return forward(model, tokens, *args, **kw)
+
+    # every size up to 8 pads to 8, which was timed as fast as one token
+    raw = [1.0, 3.0, 3.0, 3.0, 3.0, 1.0, 9.0, 9.0]
+    profiles = _PROFILES.setdefault(tiny_bundle.model, {})
+    profiles[profile_memory_key(tiny_bundle.model, cfg)] = CostProfile.from_timings(list(cfg.sizes), raw)
+    gen = GenerationConfig(max_new_tokens=24, stop_at_eos=False, tree_sizing=cfg,
+                           draft_policy=DraftPolicyConfig(mode="always"))
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]
+    try:
+        ar = decode(tiny_bundle, prompt, NullProposer(), gen, method="ar")
+        monkeypatch.setattr(adapter, "tree_forward", counting)
+        # a wrong branch ranked first and the right one second: the accepted path moves down past padding
+        out = decode(tiny_bundle, prompt, BranchyDrafts(ar.token_ids, len(prompt)), gen, method="pld")
+    finally:
+        _PROFILES.pop(tiny_bundle.model, None)
+    assert out.token_ids == ar.token_ids and out.stats.accepted > 0
+    steps = fed[1:]  # after the prefill: 5-node trees (and smaller at the end) run as 8 tokens
+    assert any(n == 8 for n in steps) and all(n == 1 or n == 8 for n in steps), steps
+
+
+class BranchyDrafts(Proposer):
+    """Two branches per step: a wrong one ranked first, then the target's next two tokens."""
+
+    name = "branchy"
+
+    def __init__(self, greedy: list[int], prompt_len: int) -> None:
+        self.greedy, self.prompt_len = greedy, prompt_len
+
+    def propose(self, ctx: ProposeContext) -> Candidates:
+        nxt = len(ctx.tokens) - self.prompt_len
+        right = self.greedy[nxt:nxt + 2]
+        if not right:
+            return Candidates()
+        return Candidates([[(right[0] + 1) % 128, 3], right], [2.0, 1.0])

@@ -43,20 +43,23 @@ TREES = {
 }
 
 
-def check_tree(model: Any, prompt: list[int], cands: Candidates, atol: float) -> None:
+def check_tree(model: Any, prompt: list[int], cands: Candidates, atol: float, pad: int = 0) -> None:
     cache = prefill(model, prompt[:-1])
     tree = build_tree(prompt[-1], cands, budget=16)
-    out = verify_tree(model, cache, tree, len(prompt) - 1)
+    out = verify_tree(model, cache, tree, len(prompt) - 1, pad_to=tree.size + pad)
+    assert out.logits.shape[0] == tree.size and adapter.cache_length(cache) == len(prompt) - 1 + tree.size + pad
     for node in range(tree.size):
         branch = [int(tree.tokens[i]) for i in tree.path_to(node)]
         want = oracle_logits(model, prompt[:-1] + branch)[-1]
         torch.testing.assert_close(out.logits[node], want, atol=atol, rtol=1e-4)
 
 
+@pytest.mark.parametrize("pad", [0, 3])
 @pytest.mark.parametrize("shape", list(TREES))
-def test_tree_logits_match_sequential_tiny(shape: str) -> None:
+def test_tree_logits_match_sequential_tiny(shape: str, pad: int) -> None:
+    """Padding nodes (a bigger forward that runs faster) change no tree node's logits."""
     model = make_tiny_llama()
-    check_tree(model, [3, 17, 42, 7, 99, 1, 64], TREES[shape], atol=1e-4)
+    check_tree(model, [3, 17, 42, 7, 99, 1, 64], TREES[shape], atol=1e-4, pad=pad)
 
 
 @pytest.mark.slow
@@ -66,14 +69,16 @@ def test_tree_logits_match_sequential_real(real_bundle: Any, shape: str) -> None
     check_tree(real_bundle.model, prompt, TREES[shape], atol=2e-3)
 
 
+@pytest.mark.parametrize("pad", [0, 2])
 @pytest.mark.parametrize("path_choice", ["second_branch", "chain_prefix"])
-def test_commit_then_next_step_equals_recomputation(path_choice: str) -> None:
+def test_commit_then_next_step_equals_recomputation(path_choice: str, pad: int) -> None:
+    """After a commit the next step sees exactly the accepted path, padding nodes cropped with the rest."""
     model = make_tiny_llama(seed=1)
     prompt = [4, 8, 15, 16, 23, 42]
     cache = prefill(model, prompt[:-1])
     n_kv = len(prompt) - 1
     tree = build_tree(prompt[-1], TREES["branching"], budget=16)
-    verify_tree(model, cache, tree, n_kv)
+    verify_tree(model, cache, tree, n_kv, pad_to=tree.size + pad)
     # Accept a path that is not a prefix of the node order when asked: the second child's branch.
     if path_choice == "second_branch":
         child = tree.children[0][1]
