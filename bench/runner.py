@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..decoding.policy import DraftPolicyConfig
-from ..decoding.sizing import TreeSizingConfig
+from ..decoding.sizing import sizing_config
 from ..errors import Interrupted, SpecgenError
 from ..device import check_device_spec, check_dtype_spec, resolve_device
 from ..validate import check_fields, in_range, input_path, output_dir
@@ -76,6 +76,7 @@ class BenchConfig:
     budgets: tuple[int, ...] = ()  # node-budget sweep for the drafting methods
     draft_policy: str = "adaptive"  # decoding/policy.py: adaptive | always
     tree_sizing: str = "cost"  # decoding/sizing.py: cost | budget
+    sizing_options: Mapping[str, Any] = field(default_factory=dict)  # TreeSizingConfig fields (--sizing-option)
 
     def __post_init__(self) -> None:
         from ..config import MAX_NEW_TOKENS, MAX_NODE_BUDGET, SamplingConfig
@@ -95,7 +96,7 @@ class BenchConfig:
         check_device_spec(self.device)
         check_dtype_spec(self.dtype)
         DraftPolicyConfig(mode=self.draft_policy)
-        TreeSizingConfig(mode=self.tree_sizing)
+        sizing_config(self.tree_sizing, self.sizing_options)
         if self.index is not None:
             input_path("index", self.index, "dir")
         if self.out_dir is not None:
@@ -106,7 +107,7 @@ class BenchConfig:
         return {"suite": self.suite, "model": self.model, "dtype": self.dtype, "device": self.device,
                 "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "seed": self.seed, "turns": self.turns, "draft_policy": self.draft_policy,
-                "tree_sizing": self.tree_sizing}
+                "tree_sizing": self.tree_sizing, **({"sizing_options": dict(self.sizing_options)} if self.sizing_options else {})}
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
         from .peers import run_peer as peer_fn  # type: ignore[assignment]
     sampling = SamplingConfig(temperature=config.temperature, seed=config.seed)
     policy = DraftPolicyConfig(mode=config.draft_policy)
-    sizing = TreeSizingConfig(mode=config.tree_sizing)
+    sizing = sizing_config(config.tree_sizing, config.sizing_options)
     drafts = preload_drafts(bundle, runs)
     model_name = getattr(bundle, "name", str(config.model))
 

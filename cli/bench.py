@@ -37,6 +37,22 @@ def _budgets(value: str | None, flag: str = "--budgets") -> tuple[int, ...]:
         raise SpecgenError(f"{flag} takes integers like 4,8,16, got '{value}'") from None
 
 
+def sizing_options(items: list[str] | None) -> dict[str, Any]:
+    """`--sizing-option KEY=VALUE` (repeatable): tree sizing config fields, values read as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecgenError(f"--sizing-option takes KEY=VALUE (e.g. prior_depth=flat), got '{item}'")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            raise SpecgenError(f"--sizing-option {key}: cannot read the value '{value}'") from None
+    return out
+
+
 def read_method_config(path: Path | None) -> dict[str, dict[str, Any]]:
     """`--method-config FILE`: YAML or JSON, one mapping per method of config field names."""
     if path is None:
@@ -87,6 +103,8 @@ def bench(
     per_category: bool = typer.Option(True, "--per-category/--overall-only", help="Print a table per category."),
     draft_policy: str = typer.Option("adaptive", "--draft-policy", help="adaptive | always (see `generate --help`)."),
     tree_sizing: str = typer.Option("cost", "--tree-sizing", help="cost | budget (see `generate --help`)."),
+    sizing_option: Optional[list[str]] = typer.Option(None, "--sizing-option", help="KEY=VALUE, repeatable: a "
+                                                      "TreeSizingConfig field (e.g. prior_depth=flat, pad_forwards=false)."),
     verifier: bool = typer.Option(False, "--verifier", help="GSM8K only: AUROC of SpecGuard's signals for corrupted "
                                                            "vs gold reasoning steps, instead of a decoding run."),
     concurrency: Optional[str] = typer.Option(None, "--concurrency", help="e.g. 1,2,4,8: the server under that many "
@@ -137,7 +155,7 @@ def bench(
                          max_new_tokens=max_new_tokens, peers=peers, method_options=read_method_config(method_config),
                          index=index, out_dir=out_dir, warmup=warmup, seed=seed, temperature=temperature, turns=turns,
                          budgets=_budgets(budgets), draft_policy=draft_policy,
-                         tree_sizing=tree_sizing)
+                         tree_sizing=tree_sizing, sizing_options=sizing_options(sizing_option))
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("loading", total=None)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import bisect
 import time
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -92,6 +92,16 @@ class TreeSizingConfig:
         if not 0.0 < self.explore_share <= 1.0 or self.explore_backoff_max < 1 or self.explore_every < 0:
             raise SpecgenError("tree sizing: explore-share in (0, 1], explore-backoff-max >= 1 and explore-every >= 0 "
                                "are required")
+
+
+def sizing_config(mode: str = "cost", options: Mapping[str, Any] | None = None) -> TreeSizingConfig:
+    """A `TreeSizingConfig` of `mode` with `options` (field name -> value; lists become tuples)."""
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
+    known = {f.name for f in fields(TreeSizingConfig)} - {"mode"}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise SpecgenError(f"unknown tree sizing option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return TreeSizingConfig(mode=mode, **opts)
 
 
 class CostProfile:

@@ -329,3 +329,13 @@ class BranchyDrafts(Proposer):
         if not right:
             return Candidates()
         return Candidates([[(right[0] + 1) % 128, 3], right], [2.0, 1.0])
+
+
+def test_sizing_options_by_name() -> None:
+    from specgen.decoding.sizing import sizing_config
+
+    cfg = sizing_config("cost", {"prior_depth": "flat", "sizes": [1, 2, 4], "pad_forwards": False})
+    assert cfg.prior_depth == "flat" and cfg.sizes == (1, 2, 4) and not cfg.pad_forwards and cfg.mode == "cost"
+    assert sizing_config() == TreeSizingConfig()
+    with pytest.raises(SpecgenError, match="unknown tree sizing option 'mode'"):
+        sizing_config("cost", {"mode": "budget"})
