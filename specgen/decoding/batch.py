@@ -115,6 +115,14 @@ class LoadAwareDrafting:
             return True
         return self.clock.starve(b, self.ratio - 1.0)
 
+    def fed(self, b: int, n: int) -> int:
+        """Nodes per row that a forward over B rows of n nodes feeds: enough that the B x n tokens
+        reach the size the batch-1 profile pads B x n to (`CostProfile.pads`; on a CPU 2 rows of 1
+        token cost more than 2 rows of 2), else n."""
+        if self.profile is None or not hasattr(self.profile, "padded"):
+            return n
+        return max(n, -(-self.profile.padded(b * n) // b))
+
     def observe_outcome(self, b: int, accepted: int) -> None:
         """After a verified drafting step of `b` rows that accepted `accepted` draft tokens in all: an
         exploration's outcome sets the next wait (`ExplorationClock.outcome`): it paid when the b + accepted
@@ -200,15 +208,16 @@ class BatchDecoder:
                                p.t_planned) for r, p in zip(rows, planned)]
         trees = [p.tree for p in planned]
         n = max(t.size for t in trees)
+        fed = self.load.fed(b, n)  # padded past the largest tree where a bigger forward runs faster
         lengths = [r.started.state.n_kv for r in rows]
         t_len = adapter.cache_length(self.cache)
-        tokens = torch.zeros(b, n, dtype=torch.long, device=device)  # [B, n], padding = token 0
-        positions = torch.zeros(b, n, dtype=torch.long, device=device)  # [B, n]
+        tokens = torch.zeros(b, fed, dtype=torch.long, device=device)  # [B, fed], padding = token 0
+        positions = torch.zeros(b, fed, dtype=torch.long, device=device)  # [B, fed]
         for i, (t, length) in enumerate(zip(trees, lengths)):
             tokens[i, : t.size] = t.tokens
             positions[i] = length
             positions[i, : t.size] = t.depth + length
-        key_mask = adapter.ragged_key_mask(lengths, t_len, [t.mask for t in trees], n, device)  # [B, n, T + n]
+        key_mask = adapter.ragged_key_mask(lengths, t_len, [t.mask for t in trees], fed, device)  # [B, fed, T + fed]
         layers = {r.started.verifier.hidden_layer for r in rows} - {None}
         assert len(layers) <= 1, f"rows of one batch read hidden states at one layer, got {sorted(layers)}"
         tf = time.perf_counter()

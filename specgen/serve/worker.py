@@ -124,7 +124,8 @@ class Worker:
             use_tree_attention(self.bundle.model)
             with torch.inference_mode():
                 cache, _, _ = prefill(self.bundle.model, ids)
-                cost_profile(self.bundle.model, cache, len(ids), sizing)
+                # the batch pads its forwards by it, whatever its rows' methods (ar rows too)
+                self.decoder.load.profile = cost_profile(self.bundle.model, cache, len(ids), sizing)[0]
         except Exception:  # noqa: BLE001 - then the first drafting request times it, as generate does
             pass
 

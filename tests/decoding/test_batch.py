@@ -202,3 +202,28 @@ def test_discarded_and_verified_drafts_of_every_proposer_keep_rows_exact(always_
     for i, (_, p, n) in enumerate(rows):
         assert out[i] == decode(bundle, p, NullProposer(), gen[n], method="ar").token_ids, i
     assert (decoder.drafting_steps > 0) == always_verify
+
+
+def test_padded_batched_forwards_keep_every_row_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a profile where 8 tokens ran faster than 2-6 (CPU BLAS), B rows of n nodes are fed as
+    enough nodes per row to make 8 tokens: every row still equals its solo ar output."""
+    from specgen.decoding.sizing import CostProfile
+
+    sizes = [1, 2, 3, 4, 6, 8, 12, 17]
+    profile = CostProfile.from_timings(sizes, [1.0, 2.0, 3.0, 3.0, 3.0, 1.5, 4.0, 5.0])
+    load = LoadAwareDrafting(profile=profile)
+    assert [load.fed(b, 1) for b in (1, 2, 3, 4, 5, 9)] == [1, 4, 3, 2, 2, 1]  # 5 pads as 6 does, 9 not
+    shapes: list[tuple[int, int]] = []
+    forward = adapter.batched_tree_forward
+
+    def recording(model: Any, tokens: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        shapes.append(tuple(tokens.shape))
+        return forward(model, tokens, *args, **kw)
+
+    monkeypatch.setattr(adapter, "batched_tree_forward", recording)
+    bundle = _Bundle(make_tiny_llama(vocab_size=8, seed=4))
+    got = _run_batch(bundle, SamplingConfig(), late=2, load=load)
+    for i, (_, prompt, max_new) in enumerate(ROWS):
+        gen = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+        assert got[i] == decode(bundle, prompt, NullProposer(), gen, method="ar").token_ids, i
+    assert (2, 4) in shapes or (3, 3) in shapes, shapes  # padded steps ran
