@@ -74,8 +74,8 @@ class LoadAwareDrafting:
     measured. Declined steps explore now and then (`ExplorationClock`, the tree sizer's: the exploring
     forward's extra cost, c(B, n) / c(B, 1) - 1, is at most `explore_share` of the declined steps'
     time, and the wait backs off while explorations accept nothing), so acceptance estimates stay
-    current at a bounded price. `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`) switches drafting off from
-    that batch size on, whatever is measured.
+    current at a bounded price. `spec_disable_batch_size` (vLLM's `--spec-disable-batch-size`)
+    switches drafting off from that batch size on, whatever is measured.
     """
 
     spec_disable_batch_size: int | None = None  # draft nothing at this batch size and above
@@ -119,7 +119,7 @@ class LoadAwareDrafting:
         """Nodes per row that a forward over B rows of n nodes feeds: enough that the B x n tokens
         reach the size the batch-1 profile pads B x n to (`CostProfile.pads`; on a CPU 2 rows of 1
         token cost more than 2 rows of 2), else n."""
-        if self.profile is None or not hasattr(self.profile, "padded"):
+        if self.profile is None:
             return n
         return max(n, -(-self.profile.padded(b * n) // b))
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 SIZING_MODES = ("cost", "budget")
 PRIOR_DEPTHS = ("flat", "geometric")
+PAD_GAIN = 0.05  # a bigger forward must run this much faster than a size for that size to pad to it
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class CostProfile:
         self.relative = [s / base for s in seconds]
 
     @classmethod
-    def from_timings(cls, sizes: list[int], raw: list[float], pad_gain: float | None = 0.05) -> "CostProfile":
+    def from_timings(cls, sizes: list[int], raw: list[float], pad_gain: float | None = PAD_GAIN) -> "CostProfile":
         """The profile of raw best timings per size. A smaller forward never has to cost more than a
         bigger one, since it can be padded to it: a size whose bigger neighbour ran more than
         `pad_gain` faster is padded to the fastest size above it (CPU BLAS runs 2-3 row matmuls as
@@ -231,7 +232,7 @@ def measure_cost_profile(model: Any, cache: Any, n_kv: int, cfg: TreeSizingConfi
                 took = time.perf_counter() - t0
                 seconds[i], timed[i] = min(seconds[i], took), timed[i] + took
             adapter.crop_cache(cache, n_kv)
-    profile = CostProfile.from_timings(list(cfg.sizes), seconds, 0.05 if cfg.pad_forwards else None)
+    profile = CostProfile.from_timings(list(cfg.sizes), seconds, PAD_GAIN if cfg.pad_forwards else None)
     known[key] = profile
     return profile
 
