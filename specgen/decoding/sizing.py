@@ -59,11 +59,13 @@ class TreeSizingConfig:
     # on another run); None = time this machine.
     costs: tuple[float, ...] | None = None
     prior_mean: float = 0.3  # acceptance probability of a node before any evidence
-    # "geometric": prior_mean ** depth, as if each node were accepted with prior_mean given its parent
-    # (the draft-depth limit's prior); "flat": prior_mean at every depth. A flat prior makes a chain
-    # of 7 unseen nodes look like 3.1 tokens for 1.8 plain steps on the 1.5B (fp32, this CPU), which
-    # then drafted 203 tokens to accept 19 (0.92x ar); geometric: none, 1.04x.
-    prior_depth: str = "geometric"
+    # "flat": prior_mean at every depth; "geometric": prior_mean ** depth, as if each node were accepted
+    # with prior_mean given its parent (the draft-depth limit's prior). A flat prior makes a chain of 7
+    # unseen nodes look like 3.1 tokens for 1.8 plain steps on the 1.5B (fp32, this CPU), which then
+    # drafted 203 tokens to accept 19 (0.92x ar; geometric: none, 1.04x). But where c(2) > 1.3 (the
+    # embedded model on this CPU) a geometric prior never drafts before an exploration, so a short
+    # request on repetitive code gets no prompt-lookup draft at all: flat stays the default.
+    prior_depth: str = "flat"
     prior_weight: float = 2.0  # pseudo-counts behind the prior, per score bin
     # After at least this many drafting steps in a row sized to nothing, verify `explore_nodes` anyway:
     # an acceptance calibration (or a cost profile timed on a busy machine) that never lets a node be
