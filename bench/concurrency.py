@@ -29,6 +29,7 @@ class ConcurrencyConfig:
     methods: tuple[str, ...] = ("ar", "pld", "sense")
     max_new_tokens: int = 64
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared_calibration: bool = True  # ServeConfig.shared_calibration
 
     def __post_init__(self) -> None:
         if not self.levels or min(self.levels) < 1 or max(self.levels) > 256:
@@ -102,7 +103,7 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve_cfg = ServeConfig(method="ar", method_options=cfg.method_options, port=port,
-                            max_queue=max(256, 2 * max(cfg.levels)))
+                            max_queue=max(256, 2 * max(cfg.levels)), shared_calibration=cfg.shared_calibration)
     server = uvicorn.Server(uvicorn.Config(create_app(bundle, serve_cfg), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

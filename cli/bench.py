@@ -109,6 +109,9 @@ def bench(
                                                            "vs gold reasoning steps, instead of a decoding run."),
     concurrency: Optional[str] = typer.Option(None, "--concurrency", help="e.g. 1,2,4,8: the server under that many "
                                                                           "concurrent clients per method (tokens/s, latency)."),
+    shared_calibration: bool = typer.Option(True, "--shared-calibration/--per-request-calibration",
+                                            help="--concurrency: the server's tree-sizing calibration (see "
+                                                 "`serve --help`)."),
     split: str = typer.Option("eval", "--split", help="--suite paraphrase: tune | eval | all (pairs decoded; the "
                                                       "datastore holds the answers to that split's originals)."),
     pairs_path: Optional[Path] = typer.Option(None, "--pairs", help="--suite paraphrase: your own pairs JSONL "
@@ -124,7 +127,8 @@ def bench(
         return
     if concurrency is not None:
         _concurrency(suite, limit or None, model, dtype, device, _csv(methods) or ("ar", "pld", "sense"),
-                     _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out)
+                     _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out,
+                     shared_calibration)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -176,7 +180,7 @@ def bench(
 
 def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, device: str, methods: tuple[str, ...],
                  levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
-                 out: Path | None) -> None:
+                 out: Path | None, shared_calibration: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -199,7 +203,8 @@ def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, d
         merged.setdefault(m, {}).update(opts)
     for m in methods:
         make_config(m, dict(merged.get(m, {})))  # bad options: one line before the model loads
-    cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged)
+    cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged,
+                            shared_calibration=shared_calibration)
     resolve_device(device)
     check_dtype_spec(dtype)
     check_model_spec(model)
@@ -218,7 +223,8 @@ def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, d
                       str(r.accepted))
     Console().print(table)
     if out is not None:
-        data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts)}, indent=1) + "\n"
+        data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts),
+                           "shared_calibration": shared_calibration}, indent=1) + "\n"
         if str(out).endswith(".json"):
             atomic_write_text(out, data)
         else:

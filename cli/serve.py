@@ -45,6 +45,9 @@ def serve(
     spec_disable_batch_size: Optional[int] = typer.Option(None, "--spec-disable-batch-size",
                                                           help="Draft nothing while this many sequences run (default: "
                                                                "decided per batch size from measured throughput)."),
+    shared_calibration: bool = typer.Option(True, "--shared-calibration/--per-request-calibration",
+                                            help="Tree sizing's acceptance estimates: learnt across the requests "
+                                                 "of a method, or afresh per request (as generate does)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
 ) -> None:
@@ -62,7 +65,8 @@ def serve(
     cfg = ServeConfig(model=model, method=method, method_options=method_options(method_config, index, draft_model),
                       host=host, port=port, api_key=api_key or os.environ.get("SPECGEN_API_KEY") or None,
                       max_queue=max_queue, max_batch_size=max_batch_size,
-                      spec_disable_batch_size=spec_disable_batch_size, device=device, dtype=dtype)
+                      spec_disable_batch_size=spec_disable_batch_size, device=device, dtype=dtype,
+                      shared_calibration=shared_calibration)
     if method not in available_methods():
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
     make_config(method, dict(cfg.method_options.get(method, {})))  # the default method's options: one line now

@@ -244,8 +244,9 @@ class BatchDecoder:
 
 @torch.inference_mode()
 def start_row(target: Any, prompt_ids: list[int], method: str, gen: GenerationConfig, config: Any = None, *,
-              draft: Any = None, key: Any = None, on_tokens: Any = None) -> Row:
-    """Prefill `prompt_ids` for `method` (a step-engine method of the registry) as a batch row."""
+              draft: Any = None, key: Any = None, on_tokens: Any = None, calibration: Any = None) -> Row:
+    """Prefill `prompt_ids` for `method` (a step-engine method of the registry) as a batch row;
+    `calibration`: the acceptance model it shares with other rows of that method (`loop.start`)."""
     from ..errors import SpecgenError
     from ..proposers.registry import get_method
     from .loop import start
@@ -255,5 +256,5 @@ def start_row(target: Any, prompt_ids: list[int], method: str, gen: GenerationCo
         raise SpecgenError(f"method '{method}' runs its own driver and cannot share a batch")
     cfg = config if config is not None else spec.config_cls()
     proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
-    started = start(target, prompt_ids, proposer, gen, method=method, on_tokens=on_tokens)
+    started = start(target, prompt_ids, proposer, gen, method=method, on_tokens=on_tokens, calibration=calibration)
     return Row(started, proposer, spec.rule(target, cfg), gen, key)

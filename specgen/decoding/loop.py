@@ -21,7 +21,7 @@ from .accept import ExactMatch, PositionSampler
 from .engine import AcceptRule, DecodeState, HiddenBuffer, TokenCallback, run
 from .policy import DraftPolicy
 from .profiles import cost_profile, save_refined
-from .sizing import CostProfile, TreeSizer
+from .sizing import AcceptanceModel, CostProfile, TreeSizer
 from .stats import GenerationStats
 from .stopping import Stopper
 from .verify import ModelVerifier, prefill
@@ -58,8 +58,11 @@ class Started:
 
 
 def start(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *, method: str,
-          on_tokens: TokenCallback | None = None, prefilled: Prefilled | None = None) -> Started:
-    """Prefill `prompt_ids`, emit the first token, and return the state the engine steps from."""
+          on_tokens: TokenCallback | None = None, prefilled: Prefilled | None = None,
+          calibration: AcceptanceModel | None = None) -> Started:
+    """Prefill `prompt_ids`, emit the first token, and return the state the engine steps from.
+
+    `calibration`: an acceptance model shared across generations (`TreeSizer`); None = a fresh one."""
     model = target.model
     adapter.use_tree_attention(model)
     n = len(prompt_ids)
@@ -92,8 +95,8 @@ def start(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generatio
         stats.cost_profile = profile.to_dict()
     state = DecodeState(tokens=list(prompt_ids), prompt_len=n, stopper=stopper, stats=stats,
                         policy=DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated),
-                        sizer=TreeSizer(profile, gen.tree_sizing, timed=timed), node_budget=gen.node_budget,
-                        cache=cache,
+                        sizer=TreeSizer(profile, gen.tree_sizing, timed=timed, calibration=calibration),
+                        node_budget=gen.node_budget, cache=cache,
                         hidden=HiddenBuffer(hidden, n + gen.max_new_tokens) if hidden is not None and
                         proposer.wants_context_hidden else None,
                         last_hidden=hidden[-1] if hidden is not None else None)
@@ -122,16 +125,17 @@ def finish(target: Any, gen: GenerationConfig, started: Started) -> DecodeResult
 @torch.inference_mode()
 def decode(target: Any, prompt_ids: list[int], proposer: Proposer, gen: GenerationConfig, *,
            method: str, rule: AcceptRule | None = None, on_tokens: TokenCallback | None = None,
-           prefilled: Prefilled | None = None) -> DecodeResult:
+           prefilled: Prefilled | None = None, calibration: AcceptanceModel | None = None) -> DecodeResult:
     """Generate from `prompt_ids` with the target model of bundle `target`, drafting with `proposer`
-    and accepting with `rule` (default: exact match, lossless).
+    and accepting with `rule` (default: exact match, lossless); `calibration` as in `start`.
 
     With `prefilled` (used only when the proposer needs no hidden states, which a reused cache
     cannot supply) the prompt's prefill is skipped and its cache extended.
     """
     started = None
     try:
-        started = start(target, prompt_ids, proposer, gen, method=method, on_tokens=on_tokens, prefilled=prefilled)
+        started = start(target, prompt_ids, proposer, gen, method=method, on_tokens=on_tokens, prefilled=prefilled,
+                        calibration=calibration)
         run(started.state, proposer, started.verifier, rule or ExactMatch(), on_tokens=on_tokens)
     except KeyboardInterrupt:
         done = 0 if started is None else len(started.state.stopper.generated)

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 SIZING_MODES = ("cost", "budget")
 PRIOR_DEPTHS = ("flat", "geometric")
+# Nodes per score-and-depth bin that a calibration shared across generations remembers (`AcceptanceModel`).
+SHARED_WINDOW = 256.0
 PAD_GAIN = 0.05  # a bigger forward must run this much faster than a size for that size to pad to it
 
 
@@ -249,11 +251,22 @@ class AcceptanceModel:
     EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # score bin i holds scores in [EDGES[i-1], EDGES[i])
     DEPTHS = (2, 3, 4, 6, 9)  # depth bin j holds depths in [DEPTHS[j-1], DEPTHS[j])
 
-    def __init__(self, prior_mean: float = 0.3, prior_weight: float = 2.0, *, geometric: bool = False) -> None:
+    def __init__(self, prior_mean: float = 0.3, prior_weight: float = 2.0, *, geometric: bool = False,
+                 window: float | None = None) -> None:
         lowest = (1, *self.DEPTHS)  # the smallest depth of each depth bin
         self.accepted = [prior_weight * (prior_mean ** d if geometric else prior_mean)
                          for _ in range(len(self.EDGES) + 1) for d in lowest]
         self.drafted = [prior_weight] * len(self.accepted)
+        # A model shared by many generations (a server's, per method) keeps about the last `window`
+        # nodes per bin: past it both counts shrink in proportion, so the estimate follows a change of
+        # workload instead of averaging over the server's whole life. None: keep every count.
+        self.window = window
+        assert window is None or window > prior_weight, "the window must hold more than the prior"
+
+    @classmethod
+    def for_sizing(cls, cfg: "TreeSizingConfig", window: float | None = None) -> "AcceptanceModel":
+        """A fresh model with `cfg`'s prior (prior_mean, prior_weight, prior_depth)."""
+        return cls(cfg.prior_mean, cfg.prior_weight, geometric=cfg.prior_depth == "geometric", window=window)
 
     def _bin(self, score: float, depth: int) -> int:
         return bisect.bisect_right(self.EDGES, score) * (len(self.DEPTHS) + 1) + bisect.bisect_right(self.DEPTHS, depth)
@@ -268,6 +281,10 @@ class AcceptanceModel:
             b = self._bin(s, d)
             self.drafted[b] += 1.0
             self.accepted[b] += 1.0 if a else 0.0
+            if self.window is not None and self.drafted[b] > self.window:
+                shrink = self.window / self.drafted[b]
+                self.drafted[b] *= shrink
+                self.accepted[b] *= shrink
 
 
 def choose_size(probs: list[float], cost: CostProfile, budget: int) -> int:
@@ -292,10 +309,13 @@ class TreeSizer:
     (budget sizing) `size_fn` is None and `observe` does nothing.
     """
 
-    def __init__(self, profile: CostProfile | None, cfg: TreeSizingConfig, *, timed: bool = False) -> None:
+    def __init__(self, profile: CostProfile | None, cfg: TreeSizingConfig, *, timed: bool = False,
+                 calibration: AcceptanceModel | None = None) -> None:
         self.profile = profile
         self.cfg = cfg
-        self.calibration = AcceptanceModel(cfg.prior_mean, cfg.prior_weight, geometric=cfg.prior_depth == "geometric")
+        # `calibration`: a model shared with other generations (a server's, per method), which this
+        # one reads and updates; None = a fresh one, from the prior, for this generation alone.
+        self.calibration = calibration if calibration is not None else AcceptanceModel.for_sizing(cfg)
         self.clock = ExplorationClock(cfg.explore_every, cfg.explore_share, cfg.explore_backoff_max)  # keys "nodes" (`_size`) and "depth" (`depth_limit`)
         # `timed`: the profile was measured on this machine, so each verification forward's time refines it
         self.timed = timed and profile is not None

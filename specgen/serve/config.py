@@ -43,6 +43,11 @@ class ServeConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_body_bytes: int = MAX_BODY_BYTES
+    # One acceptance calibration per (method, greedy or sampled), shared by the requests that use it,
+    # so a request's tree sizing starts from what earlier ones taught instead of the prior (a short
+    # request otherwise spends its few steps learning that a method's drafts fail on this model).
+    # False: each request calibrates alone, as `specgen generate` does.
+    shared_calibration: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self)

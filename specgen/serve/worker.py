@@ -60,6 +60,7 @@ class Worker:
         if cfg.method not in self.configs:
             raise SpecgenError(self.config_errors.get(cfg.method, f"unknown method '{cfg.method}'"))
         self.drafts: dict[str, Any] = {}
+        self.calibrations: dict[tuple[str, bool], Any] = {}  # (method, greedy) -> shared AcceptanceModel
         self.jobs: "queue.Queue[Handle | None]" = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="specgen-worker", daemon=True)
 
@@ -93,6 +94,17 @@ class Worker:
 
             self.drafts[name] = load_like(name, self.bundle)
         return self.drafts[name]
+
+    def _calibration(self, job: Job) -> Any:
+        """The acceptance model `job` shares with earlier requests of its method (None: its own)."""
+        from ..decoding.sizing import SHARED_WINDOW, AcceptanceModel
+
+        if not self.cfg.shared_calibration:
+            return None
+        key = (job.method, job.gen.sampling.greedy)
+        if key not in self.calibrations:
+            self.calibrations[key] = AcceptanceModel.for_sizing(job.gen.tree_sizing, window=SHARED_WINDOW)
+        return self.calibrations[key]
 
     def _loop(self) -> None:
         from ..decoding.batch import BatchDecoder, LoadAwareDrafting
@@ -162,7 +174,8 @@ class Worker:
         stream = TextStream(self.bundle.tokenizer, job.gen.stop, lambda delta: self._post_text(handle, delta))
         try:
             row = start_row(self.bundle, job.prompt_ids, job.method, job.gen, self.configs[job.method],
-                            draft=self._draft(job.method), key=(handle, stream), on_tokens=stream.push)
+                            draft=self._draft(job.method), key=(handle, stream), on_tokens=stream.push,
+                            calibration=self._calibration(job))
         except _Cancelled:
             self.metrics.queued(running=-1)
             return

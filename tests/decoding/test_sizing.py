@@ -339,3 +339,35 @@ def test_sizing_options_by_name() -> None:
     assert sizing_config() == TreeSizingConfig()
     with pytest.raises(SpecgenError, match="unknown tree sizing option 'mode'"):
         sizing_config("cost", {"mode": "budget"})
+
+
+def test_a_shared_calibration_carries_what_one_generation_learnt_to_the_next(tiny_bundle: Any) -> None:
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 3, 1, 4, 1, 5, 9]
+    ar = decode(tiny_bundle, prompt, NullProposer(), GenerationConfig(max_new_tokens=40), method="ar")
+    cpu = TreeSizingConfig(mode="cost", sizes=(1, 2, 3, 4, 8, 17), costs=(1.0, 1.02, 1.12, 1.45, 1.8, 2.1))
+    gen = GenerationConfig(max_new_tokens=40, tree_sizing=cpu, draft_policy=DraftPolicyConfig(mode="always"))
+    vocab = tiny_bundle.model.config.vocab_size
+    shared = AcceptanceModel.for_sizing(cpu, window=64.0)
+    drafted = []
+    for _ in range(3):
+        out = decode(tiny_bundle, prompt, AlwaysWrong(ar.token_ids, len(prompt), vocab), gen, method="wrong",
+                     calibration=shared)
+        assert out.token_ids == ar.token_ids and out.stats.accepted == 0
+        drafted.append(out.stats.drafted)
+    alone = decode(tiny_bundle, prompt, AlwaysWrong(ar.token_ids, len(prompt), vocab), gen, method="wrong")
+    # the first generation learns from the prior as one alone does; later ones start from its evidence
+    assert drafted[0] == alone.stats.drafted
+    assert drafted[1] < drafted[0] and drafted[2] <= drafted[1]
+    assert max(shared.drafted) <= 64.0 + 1e-9  # the window bounds what a bin remembers
+
+
+def test_a_windowed_calibration_follows_a_change() -> None:
+    m = AcceptanceModel(prior_mean=0.3, prior_weight=2.0, window=20.0)
+    for _ in range(200):
+        m.update([1.0], [1], [True])
+    assert m.prob(1.0, 1) > 0.95 and m.drafted[m._bin(1.0, 1)] == pytest.approx(20.0)
+    for _ in range(40):  # twice the window of failures: the old successes have faded
+        m.update([1.0], [1], [False])
+    assert m.prob(1.0, 1) < 0.2
+    with pytest.raises(AssertionError, match="window"):
+        AcceptanceModel(prior_weight=2.0, window=1.0)

@@ -20,3 +20,41 @@ def test_worker_times_the_cost_profile_at_start(tiny_bundle: Any, tmp_path: Path
     assert tiny_bundle.model in _PROFILES  # a request now reads it instead of timing it
     files = list((tmp_path / "profiles").glob("*.json"))
     assert len(files) == 1 and '"seconds"' in files[0].read_text()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_requests_of_a_method_share_one_acceptance_calibration(tiny_bundle: Any, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
+    import queue
+
+    from specgen.config import GenerationConfig, SamplingConfig
+    from specgen.serve.config import ServeConfig
+    from specgen.serve.metrics import ServerMetrics
+    from specgen.serve.protocol import Job
+    from specgen.serve.worker import Worker
+
+    monkeypatch.setenv("SPECGEN_CACHE", str(tmp_path))
+    worker = Worker(tiny_bundle, ServeConfig(shared_calibration=shared), ServerMetrics("tiny"))
+    worker.start()
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 3, 1, 4, 1, 5, 9, 2, 6]
+    try:
+        seen = []
+        for temperature in (0.0, 0.0, 0.8):
+            gen = GenerationConfig(max_new_tokens=24, sampling=SamplingConfig(temperature=temperature, seed=1))
+            events: "queue.Queue[Any]" = queue.Queue()
+            worker.submit(Job("completion", "tiny", prompt, gen, "pld", stream=False, raw=True), events.put)
+            while (event := events.get(timeout=120))[0] == "text":
+                pass
+            assert event[0] == "done", event
+            seen.append({k: sum(m.drafted) for k, m in worker.calibrations.items()})
+    finally:
+        worker.stop()
+    if not shared:
+        assert worker.calibrations == {} and seen == [{}, {}, {}]
+        return
+    greedy = ("pld", True)
+    # one model per (method, greedy): the second greedy request updated the first one's counts
+    assert set(seen[1]) == {greedy} and set(seen[2]) == {greedy, ("pld", False)}
+    assert seen[1][greedy] >= seen[0][greedy] and seen[2][greedy] == seen[1][greedy]
+    prior = 2.0 * len(worker.calibrations[greedy].drafted)  # prior_weight pseudo-counts per bin
+    assert seen[1][greedy] > prior  # drafts were verified, and counted
