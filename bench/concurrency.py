@@ -8,7 +8,8 @@ over `ar` at the same concurrency, and the draft tokens the wave verified and ac
 responses' `spec_decode` figures: a method whose drafting load-aware drafting switched off verifies
 none, so it did the same target work as `ar`). Methods run one after another, each on an idle
 server, and every answer is checked against `ar`'s at the same concurrency (greedy lossless methods
-must match).
+must match). With `repeats` > 1 each (method, c) runs that many rounds, the method order reversed
+every other round, and the speedup is the median of the rounds' ratios to the same round's `ar`.
 """
 from __future__ import annotations
 
@@ -30,10 +31,16 @@ class ConcurrencyConfig:
     max_new_tokens: int = 64
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     shared_calibration: bool = True  # ServeConfig.shared_calibration
+    # Waves per (method, concurrency). Repeats alternate the method order (ar first, then last), so a
+    # drift of the machine during a round lands on both sides of a ratio; the speedup is the median of
+    # the rounds' ratios. One wave of a few prompts carries about +-10% of noise on a shared VM.
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         if not self.levels or min(self.levels) < 1 or max(self.levels) > 256:
             raise SpecgenError("--concurrency takes client counts between 1 and 256, e.g. 1,2,4,8")
+        if not 1 <= self.repeats <= 16:
+            raise SpecgenError("--repeats must be between 1 and 16")
 
 
 @dataclass
@@ -49,7 +56,9 @@ class Row:
     identical_to_ar: int  # answers equal to ar's at this concurrency
     drafted: int = 0  # draft tokens verified over the wave (the responses' spec_decode)
     accepted: int = 0  # of which accepted
-    speedup: float = 0.0  # tokens/s over ar's at this concurrency
+    speedup: float = 0.0  # tokens/s over ar's at this concurrency (the median of the rounds' ratios)
+    waves: list[tuple[int, float]] = field(default_factory=list)  # (tokens, wall s) of each round
+    speedups: list[float] = field(default_factory=list)  # each round's ratio to that round's ar wave
 
     @property
     def tokens_per_s(self) -> float:
@@ -114,35 +123,40 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
         time.sleep(0.05)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0, timeout=3600)
     methods = ("ar",) + tuple(m for m in cfg.methods if m != "ar")
-    rows: list[Row] = []
-    answers: dict[int, list[str]] = {}
+    waves: dict[tuple[str, int], list[list[tuple[str, int, float, float, int, int]]]] = {}
+    walls: dict[tuple[str, int], list[float]] = {}
     try:
         _one(client, serve_cfg.served_name, prompts[0], "ar", 8)  # warm-up (cost profile, caches)
         for c in cfg.levels:
-            for method in methods:
-                if progress:
-                    progress(f"{method} at concurrency {c}")
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=c) as pool:
-                    got = list(pool.map(lambda p: _one(client, serve_cfg.served_name, p, method, cfg.max_new_tokens),
-                                        prompts))
-                wall = time.perf_counter() - t0
-                texts = [g[0] for g in got]
-                if method == "ar":
-                    answers[c] = texts
-                lat, ttft = [g[2] for g in got], [g[3] for g in got]
-                rows.append(Row(method, c, len(got), sum(g[1] for g in got), wall, statistics.median(lat),
-                                _quantile(lat, 0.95), statistics.median(ttft),
-                                sum(a == b for a, b in zip(texts, answers[c])), sum(g[4] for g in got),
-                                sum(g[5] for g in got)))
+            for rnd in range(cfg.repeats):
+                for method in (methods if rnd % 2 == 0 else methods[::-1]):
+                    if progress:
+                        progress(f"{method} at concurrency {c}" + (f", round {rnd + 1}" if cfg.repeats > 1 else ""))
+                    t0 = time.perf_counter()
+                    with ThreadPoolExecutor(max_workers=c) as pool:
+                        got = list(pool.map(lambda p: _one(client, serve_cfg.served_name, p, method,
+                                                           cfg.max_new_tokens), prompts))
+                    walls.setdefault((method, c), []).append(time.perf_counter() - t0)
+                    waves.setdefault((method, c), []).append(got)
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-    rows.sort(key=lambda r: (methods.index(r.method), cfg.levels.index(r.concurrency)))
-    base = {r.concurrency: r.tokens_per_s for r in rows if r.method == "ar"}
-    for r in rows:
-        r.speedup = r.tokens_per_s / base[r.concurrency] if base.get(r.concurrency) else 0.0
-    return rows
+    return [_row(method, c, waves, walls) for method in methods for c in cfg.levels]
+
+
+def _row(method: str, c: int, waves: dict[tuple[str, int], list[list[tuple[str, int, float, float, int, int]]]],
+         walls: dict[tuple[str, int], list[float]]) -> Row:
+    """One (method, concurrency) row over its rounds, each round compared with ar's round."""
+    mine, base = waves[(method, c)], waves[("ar", c)]
+    got = [g for wave in mine for g in wave]
+    lat, ttft = [g[2] for g in got], [g[3] for g in got]
+    rounds = [(sum(g[1] for g in wave), wall) for wave, wall in zip(mine, walls[(method, c)])]
+    ar_rounds = [(sum(g[1] for g in wave), wall) for wave, wall in zip(base, walls[("ar", c)])]
+    ratios = [(t / w) / (bt / bw) if w and bt else 0.0 for (t, w), (bt, bw) in zip(rounds, ar_rounds)]
+    same = sum(g[0] == a[0] for wave, ar_wave in zip(mine, base) for g, a in zip(wave, ar_wave))
+    return Row(method, c, len(got), sum(g[1] for g in got), sum(w for _, w in rounds), statistics.median(lat),
+               _quantile(lat, 0.95), statistics.median(ttft), same, sum(g[4] for g in got), sum(g[5] for g in got),
+               statistics.median(ratios), rounds, ratios)
 
 
 def plot_speedup(rows: list[Row], path: str) -> None:

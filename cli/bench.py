@@ -109,6 +109,8 @@ def bench(
                                                            "vs gold reasoning steps, instead of a decoding run."),
     concurrency: Optional[str] = typer.Option(None, "--concurrency", help="e.g. 1,2,4,8: the server under that many "
                                                                           "concurrent clients per method (tokens/s, latency)."),
+    repeats: int = typer.Option(1, "--repeats", help="--concurrency: rounds per method and level (the method "
+                                                     "order alternating; the speedup is the median ratio)."),
     shared_calibration: bool = typer.Option(True, "--shared-calibration/--per-request-calibration",
                                             help="--concurrency: the server's tree-sizing calibration (see "
                                                  "`serve --help`)."),
@@ -128,7 +130,7 @@ def bench(
     if concurrency is not None:
         _concurrency(suite, limit or None, model, dtype, device, _csv(methods) or ("ar", "pld", "sense"),
                      _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out,
-                     shared_calibration)
+                     shared_calibration, repeats)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -180,7 +182,7 @@ def bench(
 
 def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, device: str, methods: tuple[str, ...],
                  levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
-                 out: Path | None, shared_calibration: bool = True) -> None:
+                 out: Path | None, shared_calibration: bool = True, repeats: int = 1) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -204,7 +206,7 @@ def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, d
     for m in methods:
         make_config(m, dict(merged.get(m, {})))  # bad options: one line before the model loads
     cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged,
-                            shared_calibration=shared_calibration)
+                            shared_calibration=shared_calibration, repeats=repeats)
     resolve_device(device)
     check_dtype_spec(dtype)
     check_model_spec(model)
@@ -213,18 +215,20 @@ def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, d
     with console.status("starting the server") as status:
         rows = run_concurrency(load_model(model, dtype=dtype, device=device), prompts, cfg,
                                progress=lambda what: status.update(what))
-    table = Table(title=f"served, {len(prompts)} prompts per wave, {max_new_tokens} new tokens, greedy")
+    table = Table(title=f"served, {len(prompts)} prompts per wave, {max_new_tokens} new tokens, greedy"
+                        + (f", {repeats} rounds (median speedup)" if repeats > 1 else ""))
     for col in ("method", "clients", "tokens/s", "speedup vs ar", "latency p50 s", "latency p95 s", "TTFT p50 s",
                 "same as ar", "drafted", "accepted"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
-        table.add_row(r.method, str(r.concurrency), f"{r.tokens_per_s:.1f}", f"{r.speedup:.2f}x", f"{r.latency_p50:.2f}",
+        spread = f" ({min(r.speedups):.2f}-{max(r.speedups):.2f})" if len(r.speedups) > 1 else ""
+        table.add_row(r.method, str(r.concurrency), f"{r.tokens_per_s:.1f}", f"{r.speedup:.2f}x{spread}", f"{r.latency_p50:.2f}",
                       f"{r.latency_p95:.2f}", f"{r.ttft_p50:.2f}", f"{r.identical_to_ar}/{r.requests}", str(r.drafted),
                       str(r.accepted))
     Console().print(table)
     if out is not None:
         data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts),
-                           "shared_calibration": shared_calibration}, indent=1) + "\n"
+                           "shared_calibration": shared_calibration, "repeats": repeats}, indent=1) + "\n"
         if str(out).endswith(".json"):
             atomic_write_text(out, data)
         else:

@@ -191,6 +191,7 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("bench", ["bench", "--concurrency", "0"], "--concurrency"),
     ("bench", ["bench", "--concurrency", "two"], "--concurrency"),
     ("bench", ["bench", "--concurrency", "1", "--methods", "nope"], "unknown method"),
+    ("bench", ["bench", "--concurrency", "1", "--repeats", "0"], "--repeats"),
     ("serve", ["serve", "--host", "0.0.0.0"], "--api-key"),
     ("serve", ["serve", "--port", "70000"], "--port"),
     ("serve", ["serve", "--method", "beam"], "unknown method"),

@@ -262,6 +262,18 @@ class AcceptanceModel:
         # workload instead of averaging over the server's whole life. None: keep every count.
         self.window = window
         assert window is None or window > prior_weight, "the window must hold more than the prior"
+        self.parent: AcceptanceModel | None = None  # a shared model that every update also reaches (`child`)
+
+    def child(self, weight: float) -> "AcceptanceModel":
+        """One generation's model over this shared one: its prior is this model's estimate per bin at
+        `weight` pseudo-counts, and its updates reach this model as well. A request thus starts from
+        what earlier requests of its method found (a hierarchical Beta prior) and still follows its own
+        evidence: a prompt full of repeats may draft where the method's average one does not."""
+        kid = AcceptanceModel.__new__(AcceptanceModel)
+        kid.accepted = [weight * a / d for a, d in zip(self.accepted, self.drafted)]
+        kid.drafted = [weight] * len(self.drafted)
+        kid.window, kid.parent = None, self
+        return kid
 
     @classmethod
     def for_sizing(cls, cfg: "TreeSizingConfig", window: float | None = None) -> "AcceptanceModel":
@@ -285,6 +297,8 @@ class AcceptanceModel:
                 shrink = self.window / self.drafted[b]
                 self.drafted[b] *= shrink
                 self.accepted[b] *= shrink
+        if self.parent is not None:
+            self.parent.update(scores, depths, accepted)
 
 
 def choose_size(probs: list[float], cost: CostProfile, budget: int) -> int:
@@ -313,9 +327,11 @@ class TreeSizer:
                  calibration: AcceptanceModel | None = None) -> None:
         self.profile = profile
         self.cfg = cfg
-        # `calibration`: a model shared with other generations (a server's, per method), which this
-        # one reads and updates; None = a fresh one, from the prior, for this generation alone.
-        self.calibration = calibration if calibration is not None else AcceptanceModel.for_sizing(cfg)
+        # `calibration`: a model shared with other generations (a server's, per method): this one's
+        # prior comes from it and its evidence goes to it (`AcceptanceModel.child`); None = a fresh
+        # model from the configured prior, for this generation alone.
+        self.calibration = calibration.child(cfg.prior_weight) if calibration is not None \
+            else AcceptanceModel.for_sizing(cfg)
         self.clock = ExplorationClock(cfg.explore_every, cfg.explore_share, cfg.explore_backoff_max)  # keys "nodes" (`_size`) and "depth" (`depth_limit`)
         # `timed`: the profile was measured on this machine, so each verification forward's time refines it
         self.timed = timed and profile is not None

@@ -371,3 +371,16 @@ def test_a_windowed_calibration_follows_a_change() -> None:
     assert m.prob(1.0, 1) < 0.2
     with pytest.raises(AssertionError, match="window"):
         AcceptanceModel(prior_weight=2.0, window=1.0)
+
+
+def test_a_generation_over_a_shared_calibration_starts_from_it_and_follows_its_own_evidence() -> None:
+    shared = AcceptanceModel(prior_mean=0.3, prior_weight=2.0, window=256.0)
+    for _ in range(100):  # earlier requests: drafts at depth 1 failed
+        shared.update([1.0], [1], [False])
+    kid = shared.child(2.0)
+    assert kid.prob(1.0, 1) == pytest.approx(shared.prob(1.0, 1)) and kid.prob(1.0, 1) < 0.02
+    assert kid.prob(1.0, 3) == pytest.approx(0.3)  # a bin nobody saw keeps the configured prior
+    for _ in range(4):  # this request's drafts succeed
+        kid.update([1.0], [1], [True])
+    assert kid.prob(1.0, 1) > 0.6  # its own evidence outweighs the shared prior's 2 pseudo-counts
+    assert shared.prob(1.0, 1) < 0.06 and shared.drafted[shared._bin(1.0, 1)] == pytest.approx(2.0 + 100 + 4)

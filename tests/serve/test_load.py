@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from specgen.errors import SpecgenError
+
 from .conftest import RunningServer
 from .test_server import MODEL, solo_ar
 
@@ -88,12 +90,17 @@ def test_concurrency_bench_measures_every_method_and_level(real_bundle: Any, tmp
     from specgen.bench.concurrency import ConcurrencyConfig, plot_speedup, run_concurrency
 
     prompts = ["Name a fruit.", "Say hello in French.", "What is 3 + 4?"]
-    rows = run_concurrency(real_bundle, prompts, ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6))
+    cfg = ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6, repeats=2)
+    rows = run_concurrency(real_bundle, prompts, cfg)
     assert [(r.method, r.concurrency) for r in rows] == [("ar", 1), ("ar", 2), ("pld", 1), ("pld", 2)]
-    for r in rows:
-        assert r.requests == 3 and 3 <= r.tokens <= 18 and r.wall_s > 0 and r.latency_p95 >= r.latency_p50 > 0
-        assert r.identical_to_ar == 3  # greedy, lossless: the same answers as ar under load
+    for r in rows:  # two rounds of the 3 prompts each
+        assert r.requests == 6 and 6 <= r.tokens <= 36 and r.wall_s > 0 and r.latency_p95 >= r.latency_p50 > 0
+        assert r.identical_to_ar == 6  # greedy, lossless: the same answers as ar under load
         assert 0 <= r.accepted <= r.drafted and (r.drafted == 0 if r.method == "ar" else True)
-    assert all(r.speedup == 1.0 for r in rows if r.method == "ar") and all(r.speedup > 0 for r in rows)
+        assert len(r.waves) == 2 and sum(t for t, _ in r.waves) == r.tokens and len(r.speedups) == 2
+        assert min(r.speedups) <= r.speedup <= max(r.speedups)
+    assert all(r.speedups == [1.0, 1.0] for r in rows if r.method == "ar") and all(r.speedup > 0 for r in rows)
+    with pytest.raises(SpecgenError, match="--repeats"):
+        ConcurrencyConfig(repeats=0)
     plot_speedup(rows, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 1000
