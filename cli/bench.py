@@ -128,9 +128,11 @@ def bench(
         _verifier(suite, limit or None, model, dtype, seed, read_method_config(method_config), out)
         return
     if concurrency is not None:
-        _concurrency(suite, limit or None, model, dtype, device, _csv(methods) or ("ar", "pld", "sense"),
-                     _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out,
-                     shared_calibration, repeats)
+        from specgen.cli.bench_served import served
+
+        served(suite, limit or None, model, dtype, device, _csv(methods) or ("ar", "pld", "sense"),
+               _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out,
+               shared_calibration, repeats)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -178,64 +180,6 @@ def bench(
     if out is not None:
         for path in write_outputs(result, out):
             console.print(f"wrote {path}")
-
-
-def _concurrency(suite: str, limit: int | None, model: str | None, dtype: str, device: str, methods: tuple[str, ...],
-                 levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
-                 out: Path | None, shared_calibration: bool = True, repeats: int = 1) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from specgen.bench.concurrency import ConcurrencyConfig, plot_speedup, run_concurrency
-    from specgen.bench.suites import load_suite
-    from specgen.cli.serve import method_options
-    from specgen.config import MAX_NEW_TOKENS
-    from specgen.device import check_dtype_spec, resolve_device
-    from specgen.models import check_model_spec, load_model
-    from specgen.proposers.registry import available_methods, make_config
-
-    in_range("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
-    for m in methods:
-        if m not in available_methods():
-            raise SpecgenError(f"unknown method '{m}' (choose from {', '.join(available_methods())})")
-    if index is not None:
-        input_path("index", index, "dir")
-    merged = method_options(None, index, None)
-    for m, opts in options.items():
-        merged.setdefault(m, {}).update(opts)
-    for m in methods:
-        make_config(m, dict(merged.get(m, {})))  # bad options: one line before the model loads
-    cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged,
-                            shared_calibration=shared_calibration, repeats=repeats)
-    resolve_device(device)
-    check_dtype_spec(dtype)
-    check_model_spec(model)
-    prompts = [q.turns[0] for q in load_suite(suite, limit)]
-    console = Console(stderr=True)
-    with console.status("starting the server") as status:
-        rows = run_concurrency(load_model(model, dtype=dtype, device=device), prompts, cfg,
-                               progress=lambda what: status.update(what))
-    table = Table(title=f"served, {len(prompts)} prompts per wave, {max_new_tokens} new tokens, greedy"
-                        + (f", {repeats} rounds (median speedup)" if repeats > 1 else ""))
-    for col in ("method", "clients", "tokens/s", "speedup vs ar", "latency p50 s", "latency p95 s", "TTFT p50 s",
-                "same as ar", "drafted", "accepted"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for r in rows:
-        spread = f" ({min(r.speedups):.2f}-{max(r.speedups):.2f})" if len(r.speedups) > 1 else ""
-        table.add_row(r.method, str(r.concurrency), f"{r.tokens_per_s:.1f}", f"{r.speedup:.2f}x{spread}", f"{r.latency_p50:.2f}",
-                      f"{r.latency_p95:.2f}", f"{r.ttft_p50:.2f}", f"{r.identical_to_ar}/{r.requests}", str(r.drafted),
-                      str(r.accepted))
-    Console().print(table)
-    if out is not None:
-        data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts),
-                           "shared_calibration": shared_calibration, "repeats": repeats}, indent=1) + "\n"
-        if str(out).endswith(".json"):
-            atomic_write_text(out, data)
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "concurrency.json", data)
-            plot_speedup(rows, str(out / "concurrency.png"))
-        console.print(f"wrote {out}")
 
 
 def _verifier(suite: str, limit: int | None, model: str | None, dtype: str, seed: int,

@@ -97,7 +97,7 @@ class Worker:
 
     def _calibration(self, job: Job) -> Any:
         """The acceptance model `job` shares with earlier requests of its method (None: its own)."""
-        from ..decoding.sizing import SHARED_WINDOW, AcceptanceModel
+        from ..decoding.calibration import SHARED_WINDOW, AcceptanceModel
 
         if not self.cfg.shared_calibration:
             return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,8 +11,8 @@ import torch
 from specgen.config import GenerationConfig, PLDConfig
 from specgen.decoding.loop import decode
 from specgen.decoding.policy import DraftPolicyConfig
-from specgen.decoding.sizing import (AcceptanceModel, CostProfile, TreeSizer, TreeSizingConfig, choose_size,
-                                     measure_cost_profile)
+from specgen.decoding.calibration import AcceptanceModel
+from specgen.decoding.sizing import CostProfile, TreeSizer, TreeSizingConfig, choose_size, measure_cost_profile
 from specgen.decoding.tree import build_tree
 from specgen.errors import SpecgenError
 from specgen.proposers.base import Candidates, NullProposer, Proposer, ProposeContext
@@ -304,7 +305,9 @@ def test_padded_verification_keeps_greedy_output_and_feeds_the_padded_size(tiny_
                            draft_policy=DraftPolicyConfig(mode="always"))
     prompt = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]
     try:
-        ar = decode(tiny_bundle, prompt, NullProposer(), gen, method="ar")
+        # the reference without the made-up profile: ar's own forwards would refine it to real seconds
+        ar = decode(tiny_bundle, prompt, NullProposer(), replace(gen, tree_sizing=TreeSizingConfig(mode="budget")),
+                    method="ar")
         monkeypatch.setattr(adapter, "tree_forward", counting)
         # a wrong branch ranked first and the right one second: the accepted path moves down past padding
         out = decode(tiny_bundle, prompt, BranchyDrafts(ar.token_ids, len(prompt)), gen, method="pld")
@@ -384,3 +387,34 @@ def test_a_generation_over_a_shared_calibration_starts_from_it_and_follows_its_o
         kid.update([1.0], [1], [True])
     assert kid.prob(1.0, 1) > 0.6  # its own evidence outweighs the shared prior's 2 pseudo-counts
     assert shared.prob(1.0, 1) < 0.06 and shared.drafted[shared._bin(1.0, 1)] == pytest.approx(2.0 + 100 + 4)
+
+
+def test_ar_pads_its_plain_steps_as_every_method_does(tiny_bundle: Any, tmp_path: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from specgen import adapter
+    from specgen.decoding.sizing import _PROFILES, profile_memory_key
+
+    monkeypatch.setenv("SPECGEN_CACHE", str(tmp_path))
+    cfg = TreeSizingConfig()
+    gen = GenerationConfig(max_new_tokens=12, stop_at_eos=False, tree_sizing=cfg)
+    prompt = [5, 6, 7, 8, 5, 6, 7]
+    plain = decode(tiny_bundle, prompt, NullProposer(), replace(gen, tree_sizing=TreeSizingConfig(mode="budget")),
+                   method="ar")
+    fed: list[int] = []
+    forward = adapter.tree_forward
+
+    def counting(model: Any, tokens: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        fed.append(int(tokens.shape[0]))
+        return forward(model, tokens, *args, **kw)
+
+    # one token timed slower than two: a baseline that did not pad would lose to any method that does
+    profiles = _PROFILES.setdefault(tiny_bundle.model, {})
+    profiles[profile_memory_key(tiny_bundle.model, cfg)] = CostProfile.from_timings(
+        list(cfg.sizes), [3.0, 1.0, 4.0, 4.0, 4.0, 4.0, 9.0, 9.0])
+    try:
+        monkeypatch.setattr(adapter, "tree_forward", counting)
+        out = decode(tiny_bundle, prompt, NullProposer(), gen, method="ar")
+    finally:
+        _PROFILES.pop(tiny_bundle.model, None)
+    assert out.token_ids == plain.token_ids and out.stats.drafted == 0
+    assert fed[0] == len(prompt) and fed[1:] and all(n == 2 for n in fed[1:]), fed
