@@ -24,6 +24,11 @@ from typing import Any, Callable
 from ..errors import SpecgenError
 
 
+# One streamed answer: (text, completion tokens, latency s, TTFT s, draft tokens verified, accepted).
+Answer = tuple[str, int, float, float, int, int]
+Wave = tuple[list[Answer], float]  # a wave's answers, in prompt order, and its wall seconds
+
+
 @dataclass(frozen=True)
 class ConcurrencyConfig:
     levels: tuple[int, ...] = (1, 2, 4, 8)
@@ -75,7 +80,7 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def _one(client: Any, model: str, prompt: str, method: str, max_tokens: int) -> tuple[str, int, float, float, int, int]:
+def _one(client: Any, model: str, prompt: str, method: str, max_tokens: int) -> Answer:
     """(text, completion tokens, latency s, TTFT s, draft tokens verified, accepted) of one streamed chat request."""
     t0 = time.perf_counter()
     ttft, parts, tokens, spec = None, [], 0, None
@@ -123,8 +128,7 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
         time.sleep(0.05)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0, timeout=3600)
     methods = ("ar",) + tuple(m for m in cfg.methods if m != "ar")
-    waves: dict[tuple[str, int], list[list[tuple[str, int, float, float, int, int]]]] = {}
-    walls: dict[tuple[str, int], list[float]] = {}
+    waves: dict[tuple[str, int], list[Wave]] = {}  # (method, c) -> its rounds
     try:
         _one(client, serve_cfg.served_name, prompts[0], "ar", 8)  # warm-up (cost profile, caches)
         for c in cfg.levels:
@@ -136,27 +140,29 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
                     with ThreadPoolExecutor(max_workers=c) as pool:
                         got = list(pool.map(lambda p: _one(client, serve_cfg.served_name, p, method,
                                                            cfg.max_new_tokens), prompts))
-                    walls.setdefault((method, c), []).append(time.perf_counter() - t0)
-                    waves.setdefault((method, c), []).append(got)
+                    waves.setdefault((method, c), []).append((got, time.perf_counter() - t0))
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-    return [_row(method, c, waves, walls) for method in methods for c in cfg.levels]
+    return [_row(method, c, waves[(method, c)], waves[("ar", c)]) for method in methods for c in cfg.levels]
 
 
-def _row(method: str, c: int, waves: dict[tuple[str, int], list[list[tuple[str, int, float, float, int, int]]]],
-         walls: dict[tuple[str, int], list[float]]) -> Row:
-    """One (method, concurrency) row over its rounds, each round compared with ar's round."""
-    mine, base = waves[(method, c)], waves[("ar", c)]
-    got = [g for wave in mine for g in wave]
+def _row(method: str, c: int, mine: list[Wave], base: list[Wave]) -> Row:
+    """One (method, concurrency) row over its rounds `mine`, each compared with ar's round in `base`."""
+    got = [g for answers, _ in mine for g in answers]
     lat, ttft = [g[2] for g in got], [g[3] for g in got]
-    rounds = [(sum(g[1] for g in wave), wall) for wave, wall in zip(mine, walls[(method, c)])]
-    ar_rounds = [(sum(g[1] for g in wave), wall) for wave, wall in zip(base, walls[("ar", c)])]
-    ratios = [(t / w) / (bt / bw) if w and bt else 0.0 for (t, w), (bt, bw) in zip(rounds, ar_rounds)]
-    same = sum(g[0] == a[0] for wave, ar_wave in zip(mine, base) for g, a in zip(wave, ar_wave))
-    return Row(method, c, len(got), sum(g[1] for g in got), sum(w for _, w in rounds), statistics.median(lat),
+    rounds = [(sum(g[1] for g in answers), wall) for answers, wall in mine]  # (tokens, wall s)
+    ratios = [_rate(w) / _rate(b) if _rate(b) else 0.0 for w, b in zip(mine, base)]
+    same = sum(g[0] == a[0] for (answers, _), (ar_answers, _) in zip(mine, base) for g, a in zip(answers, ar_answers))
+    return Row(method, c, len(got), sum(t for t, _ in rounds), sum(w for _, w in rounds), statistics.median(lat),
                _quantile(lat, 0.95), statistics.median(ttft), same, sum(g[4] for g in got), sum(g[5] for g in got),
                statistics.median(ratios), rounds, ratios)
+
+
+def _rate(wave: Wave) -> float:
+    """Output tokens per second of one wave."""
+    answers, wall = wave
+    return sum(g[1] for g in answers) / wall if wall else 0.0
 
 
 def plot_speedup(rows: list[Row], path: str) -> None:

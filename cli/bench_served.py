@@ -14,8 +14,8 @@ from specgen.validate import in_range, input_path
 
 
 def served(suite: str, limit: int | None, model: str | None, dtype: str, device: str, methods: tuple[str, ...],
-                 levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
-                 out: Path | None, shared_calibration: bool = True, repeats: int = 1) -> None:
+           levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
+           out: Path | None, shared_calibration: bool = True, repeats: int = 1) -> None:
     """Check the options, run every (method, concurrency) wave on the in-process server, render the table."""
     from rich.console import Console
     from rich.table import Table
