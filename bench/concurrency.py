@@ -10,6 +10,11 @@ none, so it did the same target work as `ar`). Methods run one after another, ea
 server, and every answer is checked against `ar`'s at the same concurrency (greedy lossless methods
 must match). With `repeats` > 1 each (method, c) runs that many rounds, the method order reversed
 every other round, and the speedup is the median of the rounds' ratios to the same round's `ar`.
+
+With `compare_generate`, at concurrency 1 each served wave is followed by the same prompts decoded
+with the library's `generate` (no server, the server's method configs and drafts, a fresh
+calibration per call as `specgen generate` has): the served speedup set against generate's in the
+same sitting, which is the issue's "served within 10% of generate" check without a second run's drift.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ class ConcurrencyConfig:
     # drift of the machine during a round lands on both sides of a ratio; the speedup is the median of
     # the rounds' ratios. One wave of a few prompts carries about +-10% of noise on a shared VM.
     repeats: int = 1
+    compare_generate: bool = False  # at c=1, each served wave followed by the same prompts through `generate`
 
     def __post_init__(self) -> None:
         if not self.levels or min(self.levels) < 1 or max(self.levels) > 256:
@@ -64,6 +70,11 @@ class Row:
     speedup: float = 0.0  # tokens/s over ar's at this concurrency (the median of the rounds' ratios)
     waves: list[tuple[int, float]] = field(default_factory=list)  # (tokens, wall s) of each round
     speedups: list[float] = field(default_factory=list)  # each round's ratio to that round's ar wave
+    # compare_generate, c=1 only: the same prompts through `generate`, in the same rounds
+    generate_speedup: float | None = None  # median over rounds of (method / ar) tokens/s with generate
+    generate_speedups: list[float] = field(default_factory=list)
+    generate_tokens_per_s: float | None = None  # over all rounds
+    generate_identical: int | None = None  # generate's answers equal to the served ones (same round)
 
     @property
     def tokens_per_s(self) -> float:
@@ -118,7 +129,8 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
         port = s.getsockname()[1]
     serve_cfg = ServeConfig(method="ar", method_options=cfg.method_options, port=port,
                             max_queue=max(256, 2 * max(cfg.levels)), shared_calibration=cfg.shared_calibration)
-    server = uvicorn.Server(uvicorn.Config(create_app(bundle, serve_cfg), host="127.0.0.1", port=port,
+    app = create_app(bundle, serve_cfg)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -129,6 +141,8 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0, timeout=3600)
     methods = ("ar",) + tuple(m for m in cfg.methods if m != "ar")
     waves: dict[tuple[str, int], list[Wave]] = {}  # (method, c) -> its rounds
+    direct: dict[str, list[Wave]] = {}  # method -> its rounds through `generate` (compare_generate, c=1)
+    worker = app.state.worker
     try:
         _one(client, serve_cfg.served_name, prompts[0], "ar", 8)  # warm-up (cost profile, caches)
         for c in cfg.levels:
@@ -141,10 +155,43 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
                         got = list(pool.map(lambda p: _one(client, serve_cfg.served_name, p, method,
                                                            cfg.max_new_tokens), prompts))
                     waves.setdefault((method, c), []).append((got, time.perf_counter() - t0))
+                    if cfg.compare_generate and c == 1:  # the server is idle: its worker waits for a job
+                        if progress:
+                            progress(f"{method} through generate" + (f", round {rnd + 1}" if cfg.repeats > 1 else ""))
+                        direct.setdefault(method, []).append(_direct_wave(bundle, worker, prompts, method,
+                                                                          cfg.max_new_tokens))
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-    return [_row(method, c, waves[(method, c)], waves[("ar", c)]) for method in methods for c in cfg.levels]
+    rows = [_row(method, c, waves[(method, c)], waves[("ar", c)]) for method in methods for c in cfg.levels]
+    for r in rows:
+        if r.concurrency == 1 and r.method in direct:
+            mine, base = direct[r.method], direct["ar"]
+            r.generate_speedups = [_rate(w) / _rate(b) if _rate(b) else 0.0 for w, b in zip(mine, base)]
+            r.generate_speedup = statistics.median(r.generate_speedups)
+            r.generate_tokens_per_s = sum(sum(g[1] for g in a) for a, _ in mine) / max(1e-9, sum(w for _, w in mine))
+            r.generate_identical = sum(g[0] == s[0] for (a, _), (sa, _) in zip(mine, waves[(r.method, 1)])
+                                       for g, s in zip(a, sa))
+    return rows
+
+
+def _direct_wave(bundle: Any, worker: Any, prompts: list[str], method: str, max_tokens: int) -> Wave:
+    """`prompts` decoded one after another with `generate`, as the chat endpoint would build them
+    (chat template, greedy, `max_tokens`), with the server's config and draft for `method`."""
+    from ..config import GenerationConfig, SamplingConfig
+    from ..generate import encode_messages, generate
+
+    gen = GenerationConfig(max_new_tokens=max_tokens, sampling=SamplingConfig(temperature=0.0))
+    answers: list[Answer] = []
+    t0 = time.perf_counter()
+    for p in prompts:
+        t1 = time.perf_counter()
+        ids = encode_messages(bundle.tokenizer, [{"role": "user", "content": p}])
+        res = generate(bundle, ids, method=method, gen=gen, method_config=worker.configs[method], raw=True,
+                       draft=worker.draft(method))
+        answers.append((res.text, len(res.token_ids), time.perf_counter() - t1, res.stats.first_token_s,
+                        res.stats.drafted, res.stats.accepted))
+    return answers, time.perf_counter() - t0
 
 
 def _row(method: str, c: int, mine: list[Wave], base: list[Wave]) -> Row:

@@ -114,6 +114,8 @@ def bench(
     shared_calibration: bool = typer.Option(True, "--shared-calibration/--per-request-calibration",
                                             help="--concurrency: the server's tree-sizing calibration (see "
                                                  "`serve --help`)."),
+    compare_generate: bool = typer.Option(False, "--compare-generate", help="--concurrency: at 1 client, also decode "
+                                          "each wave's prompts with `generate` (no server) for its speedup."),
     split: str = typer.Option("eval", "--split", help="--suite paraphrase: tune | eval | all (pairs decoded; the "
                                                       "datastore holds the answers to that split's originals)."),
     pairs_path: Optional[Path] = typer.Option(None, "--pairs", help="--suite paraphrase: your own pairs JSONL "
@@ -132,7 +134,7 @@ def bench(
 
         served(suite, limit or None, model, dtype, device, _csv(methods) or ("ar", "pld", "sense"),
                _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out,
-               shared_calibration, repeats)
+               shared_calibration, repeats, compare_generate)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -15,7 +15,8 @@ from specgen.validate import in_range, input_path
 
 def served(suite: str, limit: int | None, model: str | None, dtype: str, device: str, methods: tuple[str, ...],
            levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
-           out: Path | None, shared_calibration: bool = True, repeats: int = 1) -> None:
+           out: Path | None, shared_calibration: bool = True, repeats: int = 1,
+           compare_generate: bool = False) -> None:
     """Check the options, run every (method, concurrency) wave on the in-process server, render the table."""
     from rich.console import Console
     from rich.table import Table
@@ -40,7 +41,8 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
     for m in methods:
         make_config(m, dict(merged.get(m, {})))  # bad options: one line before the model loads
     cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged,
-                            shared_calibration=shared_calibration, repeats=repeats)
+                            shared_calibration=shared_calibration, repeats=repeats,
+                            compare_generate=compare_generate)
     resolve_device(device)
     check_dtype_spec(dtype)
     check_model_spec(model)
@@ -52,17 +54,19 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
     table = Table(title=f"served, {len(prompts)} prompts per wave, {max_new_tokens} new tokens, greedy"
                         + (f", {repeats} rounds (median speedup)" if repeats > 1 else ""))
     for col in ("method", "clients", "tokens/s", "speedup vs ar", "latency p50 s", "latency p95 s", "TTFT p50 s",
-                "same as ar", "drafted", "accepted"):
+                "same as ar", "drafted", "accepted") + (
+                ("generate speedup", "generate = served") if compare_generate else ()):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
         spread = f" ({min(r.speedups):.2f}-{max(r.speedups):.2f})" if len(r.speedups) > 1 else ""
         table.add_row(r.method, str(r.concurrency), f"{r.tokens_per_s:.1f}", f"{r.speedup:.2f}x{spread}", f"{r.latency_p50:.2f}",
                       f"{r.latency_p95:.2f}", f"{r.ttft_p50:.2f}", f"{r.identical_to_ar}/{r.requests}", str(r.drafted),
-                      str(r.accepted))
+                      str(r.accepted), *(_generate_cells(r) if compare_generate else ()))
     Console().print(table)
     if out is not None:
         data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts),
-                           "shared_calibration": shared_calibration, "repeats": repeats}, indent=1) + "\n"
+                           "shared_calibration": shared_calibration, "repeats": repeats,
+                           "compare_generate": compare_generate}, indent=1) + "\n"
         if str(out).endswith(".json"):
             atomic_write_text(out, data)
         else:
@@ -70,3 +74,10 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
             atomic_write_text(out / "concurrency.json", data)
             plot_speedup(rows, str(out / "concurrency.png"))
         console.print(f"wrote {out}")
+
+
+def _generate_cells(r: Any) -> tuple[str, str]:
+    """The generate columns of a row: only concurrency 1 has them."""
+    if r.generate_speedup is None:
+        return "", ""
+    return f"{r.generate_speedup:.2f}x", f"{r.generate_identical}/{r.requests}"

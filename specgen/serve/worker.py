@@ -85,7 +85,8 @@ class Worker:
         self.jobs.put(handle)
         return handle
 
-    def _draft(self, method: str) -> Any:
+    def draft(self, method: str) -> Any:
+        """The draft model `method` uses here (loaded on first use), or None."""
         name = draft_name(self.configs[method], self.bundle.name)
         if name is None:
             return None
@@ -174,7 +175,7 @@ class Worker:
         stream = TextStream(self.bundle.tokenizer, job.gen.stop, lambda delta: self._post_text(handle, delta))
         try:
             row = start_row(self.bundle, job.prompt_ids, job.method, job.gen, self.configs[job.method],
-                            draft=self._draft(job.method), key=(handle, stream), on_tokens=stream.push,
+                            draft=self.draft(job.method), key=(handle, stream), on_tokens=stream.push,
                             calibration=self._calibration(job))
         except _Cancelled:
             self.metrics.queued(running=-1)
@@ -238,7 +239,7 @@ class Worker:
         try:
             result = generate(self.bundle, job.prompt_ids, method=job.method, gen=job.gen,
                               method_config=self.configs[job.method], raw=True,
-                              on_text=lambda delta: self._post_text(handle, delta), draft=self._draft(job.method))
+                              on_text=lambda delta: self._post_text(handle, delta), draft=self.draft(job.method))
         except _Cancelled:
             return
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the server: 500 for this request only

@@ -104,3 +104,18 @@ def test_concurrency_bench_measures_every_method_and_level(real_bundle: Any, tmp
         ConcurrencyConfig(repeats=0)
     plot_speedup(rows, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_concurrency_bench_compares_generate_at_one_client(real_bundle: Any) -> None:
+    from specgen.bench.concurrency import ConcurrencyConfig, run_concurrency
+
+    prompts = ["Name a fruit.", "What is 3 + 4?"]
+    cfg = ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6, compare_generate=True)
+    rows = {(r.method, r.concurrency): r for r in run_concurrency(real_bundle, prompts, cfg)}
+    for method in ("ar", "pld"):
+        one, two = rows[(method, 1)], rows[(method, 2)]
+        # generate decodes the chat prompts as the server does: greedy, the same answers token for token
+        assert one.generate_identical == 2 and one.generate_tokens_per_s and one.generate_tokens_per_s > 0
+        assert len(one.generate_speedups) == 1 and one.generate_speedup == one.generate_speedups[0] > 0
+        assert two.generate_speedup is None and two.generate_identical is None  # c=1 only
+    assert rows[("ar", 1)].generate_speedup == 1.0
