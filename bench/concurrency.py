@@ -10,6 +10,7 @@ none, so it did the same target work as `ar`). Methods run one after another, ea
 server, and every answer is checked against `ar`'s at the same concurrency (greedy lossless methods
 must match). With `repeats` > 1 each (method, c) runs that many rounds, the method order reversed
 every other round, and the speedup is the median of the rounds' ratios to the same round's `ar`.
+Each concurrency level starts with an untimed warm-up of every method at that many clients.
 
 With `compare_generate`, at concurrency 1 each served wave is followed by the same prompts decoded
 with the library's `generate` (no server, the server's method configs and drafts, a fresh
@@ -146,6 +147,7 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
     try:
         _one(client, serve_cfg.served_name, prompts[0], "ar", 8)  # warm-up (cost profile, caches)
         for c in cfg.levels:
+            _warm_level(client, serve_cfg.served_name, prompts, methods, c)
             for rnd in range(cfg.repeats):
                 for method in (methods if rnd % 2 == 0 else methods[::-1]):
                     if progress:
@@ -192,6 +194,17 @@ def _direct_wave(bundle: Any, worker: Any, prompts: list[str], method: str, max_
         answers.append((res.text, len(res.token_ids), time.perf_counter() - t1, res.stats.first_token_s,
                         res.stats.drafted, res.stats.accepted))
     return answers, time.perf_counter() - t0
+
+
+def _warm_level(client: Any, model: str, prompts: list[str], methods: tuple[str, ...], c: int) -> None:
+    """Untimed: every method once at `c` concurrent clients, a few tokens each, before that level's
+    rounds. The first batched forwards of a new batch size pay one-time costs (allocations, kernel
+    set-up, the load-aware drafting's first measurements of that size); without this, they land on
+    the level's first timed wave, which is always `ar`'s (the ninth session's c=2..8 ar round-1
+    waves ran 8-16% slower than their round-2 waves)."""
+    for method in methods:
+        with ThreadPoolExecutor(max_workers=c) as pool:
+            list(pool.map(lambda i: _one(client, model, prompts[i % len(prompts)], method, 8), range(c)))
 
 
 def _row(method: str, c: int, mine: list[Wave], base: list[Wave]) -> Row:
