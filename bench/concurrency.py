@@ -172,8 +172,8 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
             r.generate_speedups = [_rate(w) / _rate(b) if _rate(b) else 0.0 for w, b in zip(mine, base)]
             r.generate_speedup = statistics.median(r.generate_speedups)
             r.generate_tokens_per_s = sum(sum(g[1] for g in a) for a, _ in mine) / max(1e-9, sum(w for _, w in mine))
-            r.generate_identical = sum(g[0] == s[0] for (a, _), (sa, _) in zip(mine, waves[(r.method, 1)])
-                                       for g, s in zip(a, sa))
+            r.generate_identical = sum(g[0] == h[0] for (a, _), (sa, _) in zip(mine, waves[(r.method, 1)])
+                                       for g, h in zip(a, sa))
     return rows
 
 
