@@ -53,6 +53,8 @@ class ConcurrencyConfig:
             raise SpecgenError("--concurrency takes client counts between 1 and 256, e.g. 1,2,4,8")
         if not 1 <= self.repeats <= 16:
             raise SpecgenError("--repeats must be between 1 and 16")
+        if self.compare_generate and 1 not in self.levels:
+            raise SpecgenError("--compare-generate compares at 1 client: include 1 in --concurrency")
 
 
 @dataclass

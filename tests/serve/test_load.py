@@ -119,3 +119,5 @@ def test_concurrency_bench_compares_generate_at_one_client(real_bundle: Any) -> 
         assert len(one.generate_speedups) == 1 and one.generate_speedup == one.generate_speedups[0] > 0
         assert two.generate_speedup is None and two.generate_identical is None  # c=1 only
     assert rows[("ar", 1)].generate_speedup == 1.0
+    with pytest.raises(SpecgenError, match="include 1"):
+        ConcurrencyConfig(levels=(2, 4), compare_generate=True)
