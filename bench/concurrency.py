@@ -171,7 +171,7 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
     for r in rows:
         if r.concurrency == 1 and r.method in direct:
             mine, base = direct[r.method], direct["ar"]
-            r.generate_speedups = [_rate(w) / _rate(b) if _rate(b) else 0.0 for w, b in zip(mine, base)]
+            r.generate_speedups = _ratios(mine, base)
             r.generate_speedup = statistics.median(r.generate_speedups)
             r.generate_tokens_per_s = sum(sum(g[1] for g in a) for a, _ in mine) / max(1e-9, sum(w for _, w in mine))
             r.generate_identical = sum(g[0] == h[0] for (a, _), (sa, _) in zip(mine, waves[(r.method, 1)])
@@ -214,11 +214,16 @@ def _row(method: str, c: int, mine: list[Wave], base: list[Wave]) -> Row:
     got = [g for answers, _ in mine for g in answers]
     lat, ttft = [g[2] for g in got], [g[3] for g in got]
     rounds = [(sum(g[1] for g in answers), wall) for answers, wall in mine]  # (tokens, wall s)
-    ratios = [_rate(w) / _rate(b) if _rate(b) else 0.0 for w, b in zip(mine, base)]
+    ratios = _ratios(mine, base)
     same = sum(g[0] == a[0] for (answers, _), (ar_answers, _) in zip(mine, base) for g, a in zip(answers, ar_answers))
     return Row(method, c, len(got), sum(t for t, _ in rounds), sum(w for _, w in rounds), statistics.median(lat),
                _quantile(lat, 0.95), statistics.median(ttft), same, sum(g[4] for g in got), sum(g[5] for g in got),
                statistics.median(ratios), rounds, ratios)
+
+
+def _ratios(mine: list[Wave], base: list[Wave]) -> list[float]:
+    """Each round's tokens/s over the same round's baseline wave (0 where the baseline has none)."""
+    return [_rate(w) / _rate(b) if _rate(b) else 0.0 for w, b in zip(mine, base)]
 
 
 def _rate(wave: Wave) -> float:
