@@ -4,8 +4,9 @@ Registers `quiet` (drafts nothing, like `ar`, under another name), runs `bench -
 waves (2 rounds, order alternating) and records each request's engine statistics in the worker:
 steps, prefill and verification seconds (the bench's 8-token warm-up requests are left out).
 
-    .venv/bin/python docs/check_served_ar.py [MODEL] [LIMIT] [MAX_NEW_TOKENS] [OUT.json] [METHODS]
+    .venv/bin/python docs/check_served_ar.py [MODEL] [LIMIT] [MAX_NEW_TOKENS] [OUT.json] [METHODS] [LEVELS]
     .venv/bin/python docs/check_served_ar.py qwen2.5-coder-1.5b 1 32 /tmp/probe15.json ar,quiet,pld
+    .venv/bin/python docs/check_served_ar.py qwen2.5-coder-1.5b 1 32 /tmp/probe15c2.json ar,quiet,pld 2
 """
 import json, sys, time
 import torch
@@ -46,7 +47,8 @@ limit = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 ntok = int(sys.argv[3]) if len(sys.argv) > 3 else 64
 b = load_model(model)
 prompts = [q.turns[0] for q in load_suite("spec-bench", limit)]
-cfg = ConcurrencyConfig(levels=(1,), methods=tuple((sys.argv[5] if len(sys.argv) > 5 else "ar,quiet,pld,sense").split(",")), max_new_tokens=ntok, repeats=2)
+levels = tuple(int(c) for c in sys.argv[6].split(",")) if len(sys.argv) > 6 else (1,)
+cfg = ConcurrencyConfig(levels=levels, methods=tuple((sys.argv[5] if len(sys.argv) > 5 else "ar,quiet,pld,sense").split(",")), max_new_tokens=ntok, repeats=2)
 rows = run_concurrency(b, prompts, cfg, progress=lambda s: print(s, flush=True))
 for r in rows:
     print(r.method, r.concurrency, "tok/s %.3f" % r.tokens_per_s, "speedup %.3f" % r.speedup, r.speedups, "ttft %.3f" % r.ttft_p50, "drafted", r.drafted, r.accepted)
@@ -58,4 +60,4 @@ for rec in records:
         if k != "method" and v is not None:
             agg[rec["method"]][k] += v
 for m, c in agg.items():
-    print(m, {k: round(v, 3) for k, v in c.items()})
+    print(m, {k: round(v, 3) for k, v in c.items()})  # summed over every level's requests
