@@ -92,9 +92,10 @@ def _metrics(server: RunningServer) -> dict[str, float]:
 
 @pytest.fixture()
 def fresh_server(real_bundle: Any) -> Iterator[RunningServer]:
-    """A server of its own, each request calibrated alone: the session server's shared calibration has
-    learned from earlier tests' requests (the load test's prose) that prompt lookup's drafts fail, and
-    may then draft nothing on this test's repetitive code, leaving the counters' sums at zero."""
+    """A server of its own, each request calibrated alone. The session server's shared calibration is
+    taught by earlier tests' requests (the load test's prose, where prompt lookup's drafts fail); once
+    it expects nothing, this test's repetitive code may draft nothing and leave the counters' sums at
+    zero (seen once on a fresh clone, on a loaded machine)."""
     srv = RunningServer(real_bundle, method="pld", shared_calibration=False)
     yield srv
     srv.stop()
