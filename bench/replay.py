@@ -24,6 +24,7 @@ import torch
 
 from ..datastore.build import hidden_states
 from ..decoding.accept import ExactMatch
+from ..decoding.calibration import AcceptanceModel
 from ..decoding.engine import DecodeState, HiddenBuffer, Verification, step
 from ..decoding.policy import DraftPolicy, DraftPolicyConfig
 from ..decoding.sizing import CostProfile, TreeSizer, TreeSizingConfig
@@ -116,13 +117,14 @@ class RecordedVerifier:
 
 
 def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyConfig | None = None,
-           sizing: TreeSizingConfig | None = None) -> ReplayStats:
+           sizing: TreeSizingConfig | None = None, calibration: AcceptanceModel | None = None) -> ReplayStats:
     """Replay `proposer` on `trace` with `budget` draft nodes per step; `policy` None drafts at every step.
 
     The step engine runs as in the decode loop, its verifier reading the trace. The first output
     token comes from prefill (no step). `sizing` with mode "cost" needs a given profile (`costs`):
     the loop's per-step sizing is then replayed too, and `ReplayStats.cost` sums the profile's cost
-    of each step's forward.
+    of each step's forward. `calibration`: an acceptance model shared across replays, as a server
+    shares one per method across requests (`TreeSizer`); None = a fresh one per trace.
     """
     from ..config import GenerationConfig
     from ..decoding.stopping import Stopper
@@ -135,7 +137,8 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
     if sizing.mode == "cost" and sizing.costs is None:
         raise ValueError("replay has no clock: cost sizing needs a given profile (TreeSizingConfig.costs)")
     profile = CostProfile(list(sizing.sizes), list(sizing.costs)) if sizing.costs is not None else None
-    sizer = TreeSizer(profile if sizing.mode == "cost" else None, sizing)  # a budget-sized replay is costed, not sized
+    sizer = TreeSizer(profile if sizing.mode == "cost" else None, sizing,  # a budget-sized replay is costed, not sized
+                      calibration=calibration)
     gen = GenerationConfig(max_new_tokens=len(out), stop_at_eos=False)
     stopper = Stopper(None, set(), gen)  # no stop strings: the tokenizer is never asked to decode
     stopper.feed(out[:1])  # the prefill's token
@@ -162,11 +165,13 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
 
 
 def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,
-               policy: DraftPolicyConfig | None = None, sizing: TreeSizingConfig | None = None) -> dict[str, ReplayStats]:
-    """Per category and "overall": summed replay statistics of a fresh proposer per trace."""
+               policy: DraftPolicyConfig | None = None, sizing: TreeSizingConfig | None = None,
+               calibration: AcceptanceModel | None = None) -> dict[str, ReplayStats]:
+    """Per category and "overall": summed replay statistics of a fresh proposer per trace, in
+    order (`calibration`, when given, is shared by them all: see `replay`)."""
     result: dict[str, ReplayStats] = {"overall": ReplayStats()}
     for tr in traces:
-        s = replay(make(), tr, budget, policy, sizing)
+        s = replay(make(), tr, budget, policy, sizing, calibration)
         result.setdefault(tr.category, ReplayStats())
         result[tr.category] += s
         result["overall"] += s

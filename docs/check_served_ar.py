@@ -1,17 +1,21 @@
 """Is `ar` slower in the server than a method that does the same work? (README, ninth session)
 
-Registers `quiet` (drafts nothing, like `ar`, under another name), runs `bench --concurrency 1`'s
+Registers `quiet` (drafts nothing, like `ar`, under another name) and `pldflat` (`pld` scored
+1.0 per draft, as before the eleventh session: `PLDConfig.score_by="flat"`), runs `bench --concurrency 1`'s
 waves (2 rounds, order alternating) and records each request's engine statistics in the worker:
 steps, prefill and verification seconds (the bench's 8-token warm-up requests are left out).
 
     .venv/bin/python docs/check_served_ar.py [MODEL] [LIMIT] [MAX_NEW_TOKENS] [OUT.json] [METHODS] [LEVELS]
     .venv/bin/python docs/check_served_ar.py qwen2.5-coder-1.5b 1 32 /tmp/probe15.json ar,quiet,pld
     .venv/bin/python docs/check_served_ar.py qwen2.5-coder-1.5b 1 32 /tmp/probe15c2.json ar,quiet,pld 2
+    .venv/bin/python docs/check_served_ar.py qwen2.5-coder-1.5b 1 32 /tmp/pldscore.json ar,pld,pldflat 1,2
 """
-import json, sys, time
+import dataclasses, json, sys, time
 import torch
 from dataclasses import dataclass
+from specgen.config import PLDConfig
 from specgen.proposers.base import NullProposer
+from specgen.proposers.pld import PromptLookupProposer
 from specgen.proposers.registry import register_method
 from specgen.serve import worker as W
 
@@ -23,6 +27,12 @@ class Quiet(NullProposer):
     name = "quiet"
 
 register_method("quiet", QuietConfig, lossless=True, summary="never drafts")(lambda target, cfg: Quiet())
+
+class FlatPLD(PromptLookupProposer):
+    name = "pldflat"
+
+register_method("pldflat", PLDConfig, lossless=True, summary="pld scored flat")(
+    lambda target, cfg: FlatPLD(dataclasses.replace(cfg, score_by="flat")))
 
 records = []
 orig_leave = W.Worker._leave

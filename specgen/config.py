@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from .decoding.policy import DraftPolicyConfig
 from .decoding.sizing import TreeSizingConfig
 from .errors import SpecgenError
-from .validate import SEED_MAX, check_fields, in_range
+from .validate import SEED_MAX, check_fields, choice, in_range
 
 # Below this a temperature only overflows the logits (use 0 for greedy); above it sampling is uniform noise.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 MAX_NEW_TOKENS = 1_000_000
 MAX_NODE_BUDGET = 256  # draft nodes verified in one forward
+PLD_SCORES = ("match", "flat")  # PLDConfig.score_by
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,16 @@ class PLDConfig:
     max_ngram: int = 3
     min_ngram: int = 1
     num_draft: int = 10
+    # A draft's score, which tree sizing calibrates acceptance by (proposers/pld.py): "match" = the
+    # length of the match behind it, counted up to `score_cap` tokens; "flat" = 1.0 for every draft
+    # (one calibration for a one-token and a twelve-token match alike).
+    score_by: str = "match"
+    score_cap: int = 16
 
     def __post_init__(self) -> None:
         check_fields(self)
+        choice("score_by", self.score_by, PLD_SCORES)
+        in_range("score_cap", self.score_cap, 1, 1024)
         in_range("max_ngram", self.max_ngram, 1, 64)
         in_range("min_ngram", self.min_ngram, 1, 64)
         in_range("num_draft", self.num_draft, 1, MAX_NODE_BUDGET)
