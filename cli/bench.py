@@ -116,6 +116,8 @@ def bench(
                                                  "`serve --help`)."),
     compare_generate: bool = typer.Option(False, "--compare-generate", help="--concurrency: at 1 client, also decode "
                                           "each wave's prompts with `generate` (no server) for its speedup."),
+    interleave: bool = typer.Option(True, "--interleave/--wave-by-wave", help="--concurrency: at 1 client, the "
+                                    "methods' requests alternate prompt by prompt (less drift inside a ratio)."),
     split: str = typer.Option("eval", "--split", help="--suite paraphrase: tune | eval | all (pairs decoded; the "
                                                       "datastore holds the answers to that split's originals)."),
     pairs_path: Optional[Path] = typer.Option(None, "--pairs", help="--suite paraphrase: your own pairs JSONL "
@@ -134,7 +136,7 @@ def bench(
 
         served(suite, limit or None, model, dtype, device, _csv(methods) or ("ar", "pld", "sense"),
                _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out,
-               shared_calibration, repeats, compare_generate)
+               shared_calibration, repeats, compare_generate, interleave)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -16,7 +16,7 @@ from specgen.validate import in_range, input_path
 def served(suite: str, limit: int | None, model: str | None, dtype: str, device: str, methods: tuple[str, ...],
            levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
            out: Path | None, shared_calibration: bool = True, repeats: int = 1,
-           compare_generate: bool = False) -> None:
+           compare_generate: bool = False, interleave: bool = True) -> None:
     """Check the options, run every (method, concurrency) wave on the in-process server, render the table."""
     from rich.console import Console
     from rich.table import Table
@@ -42,7 +42,7 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
         make_config(m, dict(merged.get(m, {})))  # bad options: one line before the model loads
     cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged,
                             shared_calibration=shared_calibration, repeats=repeats,
-                            compare_generate=compare_generate)
+                            compare_generate=compare_generate, interleave=interleave)
     resolve_device(device)
     check_dtype_spec(dtype)
     check_model_spec(model)
@@ -52,7 +52,8 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
         rows = run_concurrency(load_model(model, dtype=dtype, device=device), prompts, cfg,
                                progress=lambda what: status.update(what))
     table = Table(title=f"served, {len(prompts)} prompts per wave, {max_new_tokens} new tokens, greedy"
-                        + (f", {repeats} rounds (median speedup)" if repeats > 1 else ""))
+                        + (f", {repeats} rounds (median speedup)" if repeats > 1 else "")
+                        + (", 1 client prompt by prompt" if interleave and 1 in levels else ""))
     for col in ("method", "clients", "tokens/s", "speedup vs ar", "latency p50 s", "latency p95 s", "TTFT p50 s",
                 "same as ar", "drafted", "accepted") + (
                 ("generate speedup", "generate = served") if compare_generate else ()):
@@ -66,7 +67,7 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
     if out is not None:
         data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts),
                            "shared_calibration": shared_calibration, "repeats": repeats,
-                           "compare_generate": compare_generate}, indent=1) + "\n"
+                           "compare_generate": compare_generate, "interleave": interleave}, indent=1) + "\n"
         if str(out).endswith(".json"):
             atomic_write_text(out, data)
         else:

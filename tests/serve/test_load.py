@@ -90,7 +90,8 @@ def test_concurrency_bench_measures_every_method_and_level(real_bundle: Any, tmp
     from specgen.bench.concurrency import ConcurrencyConfig, plot_speedup, run_concurrency
 
     prompts = ["Name a fruit.", "Say hello in French.", "What is 3 + 4?"]
-    cfg = ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6, repeats=2)
+    # wave by wave at 1 client too (`--wave-by-wave`); the interleaved order is the next test's
+    cfg = ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6, repeats=2, interleave=False)
     rows = run_concurrency(real_bundle, prompts, cfg)
     assert [(r.method, r.concurrency) for r in rows] == [("ar", 1), ("ar", 2), ("pld", 1), ("pld", 2)]
     for r in rows:  # two rounds of the 3 prompts each
@@ -106,12 +107,26 @@ def test_concurrency_bench_measures_every_method_and_level(real_bundle: Any, tmp
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
-def test_concurrency_bench_compares_generate_at_one_client(real_bundle: Any) -> None:
-    from specgen.bench.concurrency import ConcurrencyConfig, run_concurrency
+def test_concurrency_bench_compares_generate_at_one_client(real_bundle: Any, monkeypatch: Any) -> None:
+    from specgen.bench import concurrency as C
 
+    calls: list[tuple[str, str, str]] = []  # (how, method, prompt) of every timed request, in order
+    served, direct = C._one, C._direct_one
+
+    def one(client: Any, model: str, p: str, m: str, n: int) -> Any:
+        if n == 6:  # the warm-ups ask for 8 tokens
+            calls.append(("serve", m, p))
+        return served(client, model, p, m, n)
+    monkeypatch.setattr(C, "_one", one)
+    monkeypatch.setattr(C, "_direct_one", lambda b, w, p, m, n: calls.append(("generate", m, p)) or direct(b, w, p, m, n))
     prompts = ["Name a fruit.", "What is 3 + 4?"]
-    cfg = ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6, compare_generate=True)
-    rows = {(r.method, r.concurrency): r for r in run_concurrency(real_bundle, prompts, cfg)}
+    cfg = C.ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6, compare_generate=True)
+    rows = {(r.method, r.concurrency): r for r in C.run_concurrency(real_bundle, prompts, cfg)}
+    # at 1 client the timed requests go prompt by prompt, the method order reversing per prompt; then c=2 waves
+    a, b = prompts
+    assert len(calls) == 8 + 4 and calls[:8] == [
+        ("serve", "ar", a), ("generate", "ar", a), ("serve", "pld", a), ("generate", "pld", a),
+        ("serve", "pld", b), ("generate", "pld", b), ("serve", "ar", b), ("generate", "ar", b)]
     for method in ("ar", "pld"):
         one, two = rows[(method, 1)], rows[(method, 2)]
         # generate decodes the chat prompts as the server does: greedy, the same answers token for token
@@ -120,4 +135,4 @@ def test_concurrency_bench_compares_generate_at_one_client(real_bundle: Any) -> 
         assert two.generate_speedup is None and two.generate_identical is None  # c=1 only
     assert rows[("ar", 1)].generate_speedup == 1.0
     with pytest.raises(SpecgenError, match="include 1"):
-        ConcurrencyConfig(levels=(2, 4), compare_generate=True)
+        C.ConcurrencyConfig(levels=(2, 4), compare_generate=True)
