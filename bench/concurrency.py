@@ -13,9 +13,12 @@ every other round, and the speedup is the median of the rounds' ratios to the sa
 Each concurrency level starts with an untimed warm-up of every method at that many clients.
 
 With `compare_generate`, at concurrency 1 each served wave is followed by the same prompts decoded
-with the library's `generate` (no server, the server's method configs and drafts, a fresh
-calibration per call as `specgen generate` has): the served speedup set against generate's in the
-same sitting, which is the issue's "served within 10% of generate" check without a second run's drift.
+with the library's `generate` (no server, the server's method configs and drafts): the served
+speedup set against generate's in the same sitting, which is the issue's "served within 10% of
+generate" check without a second run's drift. Those calls share one acceptance calibration per
+method (`generate_calibration="shared"`, fresh at the bench's start and warmed as the server is), as
+consecutive `specgen generate` runs share the one it keeps on disk; "fresh" starts every call from
+the prior, as `specgen generate --calibration fresh` does.
 
 At 1 client (`interleave`, the default) the methods' requests alternate prompt by prompt rather than
 wave by wave: each prompt goes to every method (served, then through `generate`) before the next
@@ -55,12 +58,15 @@ class ConcurrencyConfig:
     repeats: int = 1
     compare_generate: bool = False  # at c=1, each served wave followed by the same prompts through `generate`
     interleave: bool = True  # at c=1, the methods' requests alternate prompt by prompt (module docstring)
+    generate_calibration: str = "shared"  # compare_generate: "shared" per method across calls, or "fresh"
 
     def __post_init__(self) -> None:
         if not self.levels or min(self.levels) < 1 or max(self.levels) > 256:
             raise SpecgenError("--concurrency takes client counts between 1 and 256, e.g. 1,2,4,8")
         if not 1 <= self.repeats <= 16:
             raise SpecgenError("--repeats must be between 1 and 16")
+        if self.generate_calibration not in ("shared", "fresh"):
+            raise SpecgenError(f"--generate-calibration must be shared or fresh, got '{self.generate_calibration}'")
         if self.compare_generate and 1 not in self.levels:
             raise SpecgenError("--compare-generate compares at 1 client: include 1 in --concurrency")
 
@@ -154,17 +160,21 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
     waves: dict[tuple[str, int], list[Wave]] = {}  # (method, c) -> its rounds
     direct: dict[str, list[Wave]] = {}  # method -> its rounds through `generate` (compare_generate, c=1)
     worker = app.state.worker
+    cals = _generate_calibrations(methods, cfg)
     try:
         _one(client, serve_cfg.served_name, prompts[0], "ar", 8)  # warm-up (cost profile, caches)
         for c in cfg.levels:
             _warm_level(client, serve_cfg.served_name, prompts, methods, c)
+            if c == 1 and cfg.compare_generate:  # generate's calibration warmed as the server's was
+                for method in methods:
+                    _direct_one(bundle, worker, prompts[0], method, 8, cals.get(method))
             for rnd in range(cfg.repeats):
                 if c == 1 and cfg.interleave:
                     if progress:
                         progress("every method at 1 client, prompt by prompt"
                                  + (f", round {rnd + 1}" if cfg.repeats > 1 else ""))
                     served, through = _interleaved_round(client, serve_cfg.served_name, bundle, worker, prompts,
-                                                         methods, cfg, rnd)
+                                                         methods, cfg, rnd, cals)
                     for method in methods:
                         waves.setdefault((method, 1), []).append(served[method])
                         if cfg.compare_generate:
@@ -182,7 +192,7 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
                         if progress:
                             progress(f"{method} through generate" + (f", round {rnd + 1}" if cfg.repeats > 1 else ""))
                         direct.setdefault(method, []).append(_direct_wave(bundle, worker, prompts, method,
-                                                                          cfg.max_new_tokens))
+                                                                          cfg.max_new_tokens, cals.get(method)))
     finally:
         server.should_exit = True
         thread.join(timeout=60)
@@ -200,7 +210,7 @@ def run_concurrency(bundle: Any, prompts: list[str], cfg: ConcurrencyConfig,
 
 def _interleaved_round(client: Any, model: str, bundle: Any, worker: Any, prompts: list[str],
                        methods: tuple[str, ...], cfg: ConcurrencyConfig,
-                       rnd: int) -> tuple[dict[str, Wave], dict[str, Wave]]:
+                       rnd: int, cals: dict[str, Any]) -> tuple[dict[str, Wave], dict[str, Wave]]:
     """One round at 1 client, prompt by prompt: each prompt to every method (served, then through
     `generate` with `compare_generate`), the method order reversed from one prompt to the next.
     Returns each method's served and generate waves; a wave's wall time is its requests' summed latency."""
@@ -210,23 +220,36 @@ def _interleaved_round(client: Any, model: str, bundle: Any, worker: Any, prompt
         for method in (methods if (rnd * len(prompts) + i) % 2 == 0 else methods[::-1]):
             served[method].append(_one(client, model, p, method, cfg.max_new_tokens))
             if cfg.compare_generate:  # the server is idle: its worker waits for a job
-                through[method].append(_direct_one(bundle, worker, p, method, cfg.max_new_tokens))
+                through[method].append(_direct_one(bundle, worker, p, method, cfg.max_new_tokens, cals.get(method)))
 
     def wave(answers: list[Answer]) -> Wave:
         return answers, sum(a[2] for a in answers)
     return {m: wave(a) for m, a in served.items()}, {m: wave(a) for m, a in through.items()}
 
 
-def _direct_wave(bundle: Any, worker: Any, prompts: list[str], method: str, max_tokens: int) -> Wave:
+def _generate_calibrations(methods: tuple[str, ...], cfg: ConcurrencyConfig) -> dict[str, Any]:
+    """compare_generate: one acceptance calibration per method that its `generate` calls share
+    (window and prior as a server's), or none (every call fresh)."""
+    from ..config import GenerationConfig
+    from ..decoding.calibration import SHARED_WINDOW, AcceptanceModel
+
+    if not cfg.compare_generate or cfg.generate_calibration == "fresh":
+        return {}
+    return {m: AcceptanceModel.for_sizing(GenerationConfig().tree_sizing, window=SHARED_WINDOW) for m in methods}
+
+
+def _direct_wave(bundle: Any, worker: Any, prompts: list[str], method: str, max_tokens: int,
+                 calibration: Any = None) -> Wave:
     """`prompts` decoded one after another with `generate` (`_direct_one`)."""
     t0 = time.perf_counter()
-    answers = [_direct_one(bundle, worker, p, method, max_tokens) for p in prompts]
+    answers = [_direct_one(bundle, worker, p, method, max_tokens, calibration) for p in prompts]
     return answers, time.perf_counter() - t0
 
 
-def _direct_one(bundle: Any, worker: Any, prompt: str, method: str, max_tokens: int) -> Answer:
+def _direct_one(bundle: Any, worker: Any, prompt: str, method: str, max_tokens: int,
+                calibration: Any = None) -> Answer:
     """`prompt` decoded with `generate`, as the chat endpoint would build it (chat template, greedy,
-    `max_tokens`), with the server's config and draft for `method`."""
+    `max_tokens`), with the server's config and draft for `method` and `calibration` (None: fresh)."""
     from ..config import GenerationConfig, SamplingConfig
     from ..generate import encode_messages, generate
 
@@ -234,7 +257,7 @@ def _direct_one(bundle: Any, worker: Any, prompt: str, method: str, max_tokens: 
     t0 = time.perf_counter()
     ids = encode_messages(bundle.tokenizer, [{"role": "user", "content": prompt}])
     res = generate(bundle, ids, method=method, gen=gen, method_config=worker.configs[method], raw=True,
-                   draft=worker.draft(method))
+                   draft=worker.draft(method), calibration=calibration)
     return (res.text, len(res.token_ids), time.perf_counter() - t0, res.stats.first_token_s,
             res.stats.drafted, res.stats.accepted)
 

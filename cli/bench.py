@@ -118,6 +118,9 @@ def bench(
                                           "each wave's prompts with `generate` (no server) for its speedup."),
     interleave: bool = typer.Option(True, "--interleave/--wave-by-wave", help="--concurrency: at 1 client, the "
                                     "methods' requests alternate prompt by prompt (less drift inside a ratio)."),
+    generate_calibration: str = typer.Option("shared", "--generate-calibration", help="--compare-generate: shared "
+                                             "(one acceptance calibration per method across generate calls, as "
+                                             "`specgen generate` keeps on disk) or fresh (each call from the prior)."),
     split: str = typer.Option("eval", "--split", help="--suite paraphrase: tune | eval | all (pairs decoded; the "
                                                       "datastore holds the answers to that split's originals)."),
     pairs_path: Optional[Path] = typer.Option(None, "--pairs", help="--suite paraphrase: your own pairs JSONL "
@@ -136,7 +139,7 @@ def bench(
 
         served(suite, limit or None, model, dtype, device, _csv(methods) or ("ar", "pld", "sense"),
                _budgets(concurrency, "--concurrency"), max_new_tokens, read_method_config(method_config), index, out,
-               shared_calibration, repeats, compare_generate, interleave)
+               shared_calibration, repeats, compare_generate, interleave, generate_calibration)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -16,7 +16,7 @@ from specgen.validate import in_range, input_path
 def served(suite: str, limit: int | None, model: str | None, dtype: str, device: str, methods: tuple[str, ...],
            levels: tuple[int, ...], max_new_tokens: int, options: dict[str, dict[str, Any]], index: str | None,
            out: Path | None, shared_calibration: bool = True, repeats: int = 1,
-           compare_generate: bool = False, interleave: bool = True) -> None:
+           compare_generate: bool = False, interleave: bool = True, generate_calibration: str = "shared") -> None:
     """Check the options, run every (method, concurrency) wave on the in-process server, render the table."""
     from rich.console import Console
     from rich.table import Table
@@ -42,7 +42,8 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
         make_config(m, dict(merged.get(m, {})))  # bad options: one line before the model loads
     cfg = ConcurrencyConfig(levels=levels, methods=methods, max_new_tokens=max_new_tokens, method_options=merged,
                             shared_calibration=shared_calibration, repeats=repeats,
-                            compare_generate=compare_generate, interleave=interleave)
+                            compare_generate=compare_generate, interleave=interleave,
+                            generate_calibration=generate_calibration)
     resolve_device(device)
     check_dtype_spec(dtype)
     check_model_spec(model)
@@ -67,7 +68,8 @@ def served(suite: str, limit: int | None, model: str | None, dtype: str, device:
     if out is not None:
         data = json.dumps({"rows": [r.to_dict() for r in rows], "prompts": len(prompts),
                            "shared_calibration": shared_calibration, "repeats": repeats,
-                           "compare_generate": compare_generate, "interleave": interleave}, indent=1) + "\n"
+                           "compare_generate": compare_generate, "interleave": interleave,
+                           "generate_calibration": generate_calibration}, indent=1) + "\n"
         if str(out).endswith(".json"):
             atomic_write_text(out, data)
         else:

@@ -114,6 +114,9 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     compare: bool = typer.Option(False, "--compare", help="Then decode the same prompt with plain `ar` and report "
                                                            "the measured speedup (and whether the tokens match)."),
+    calibration: str = typer.Option("stored", "--calibration", help="stored: tree sizing starts from the acceptance "
+                                    "calibration the last run of this model and method left on disk, and leaves "
+                                    "its own; fresh: from the prior, nothing kept."),
     max_ngram: Optional[int] = typer.Option(None, "--max-ngram", help="pld: longest n-gram matched."),
     min_ngram: Optional[int] = typer.Option(None, "--min-ngram", help="pld: shortest n-gram matched."),
     num_draft: Optional[int] = typer.Option(None, "--num-draft", help="pld/sd: draft length."),
@@ -162,6 +165,8 @@ def generate(
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
     if gate not in (None, "on", "off"):
         raise SpecgenError(f"--gate must be on or off, got '{gate}'")
+    if calibration not in ("stored", "fresh"):
+        raise SpecgenError(f"--calibration must be stored or fresh, got '{calibration}'")
     if neighbours is not None and method != "sense":
         raise SpecgenError(f"option --neighbours does not apply to method '{method}'")
     text = read_prompt(prompt, prompt_file)
@@ -187,7 +192,8 @@ def generate(
     bundle = load_model(model, dtype=dtype, device=device)
     sink = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     try:
-        result = run_generate(bundle, text, method=method, gen=gen, method_config=method_config, raw=raw, on_text=sink)
+        result = run_generate(bundle, text, method=method, gen=gen, method_config=method_config, raw=raw, on_text=sink,
+                              calibration=None if calibration == "fresh" else "stored")
     except KeyboardInterrupt:
         if sink is not None:  # the streamed text stays; end its line before the message
             sys.stdout.write("\n")

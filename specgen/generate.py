@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config import GenerationConfig
+from .decoding.calibration import AcceptanceModel
 from .decoding.loop import decode
+from .decoding.stored import load_calibration, save_calibration
 from .decoding.stats import GenerationStats
 from .errors import SpecgenError
 from .proposers.registry import get_method
@@ -93,13 +95,16 @@ class TextStream:
 
 def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: GenerationConfig | None = None,
              method_config: Any = None, raw: bool = False, on_text: TextCallback | None = None,
-             draft: Any = None, prefilled: Any = None) -> GenerationResult:
+             draft: Any = None, prefilled: Any = None, calibration: "AcceptanceModel | str | None" = None) -> GenerationResult:
     """Generate a continuation of `prompt` (text, or token ids used as they are) with `method`.
 
     `target` is a loaded ModelBundle; `method_config` the method's config dataclass (its defaults
     when None); `on_text` receives text deltas as tokens are accepted; `draft` an optional
     preloaded draft ModelBundle for methods that use one; `prefilled` a `decoding.loop.Prefilled`
-    cache holding the prompt (token-level methods only).
+    cache holding the prompt (token-level methods only). `calibration` (token-level methods): None
+    starts tree sizing's acceptance calibration from its prior; an `AcceptanceModel` is shared with
+    the other generations given it, as a server shares one per method; "stored" loads the one kept on
+    disk for this model and method and saves it back after the run (`decoding.stored`).
     """
     gen = gen or GenerationConfig()
     spec = get_method(method)
@@ -112,9 +117,16 @@ def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: G
     prompt_ids = prompt if isinstance(prompt, list) else encode_prompt(target.tokenizer, prompt, raw=raw)
     proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
+    shared = calibration
+    if calibration == "stored":
+        shared = load_calibration(target.model, method, cfg, gen)
+    elif calibration is not None and not isinstance(calibration, AcceptanceModel):
+        raise SpecgenError(f"calibration must be None, 'stored' or an AcceptanceModel, got {calibration!r}")
     # Without a listener the text is decoded once at the end, not re-decoded at every step.
     res = decode(target, prompt_ids, proposer, gen, method=method, rule=spec.rule(target, cfg),
-                 on_tokens=stream.push if on_text is not None else None, prefilled=prefilled)
+                 on_tokens=stream.push if on_text is not None else None, prefilled=prefilled, calibration=shared)
+    if calibration == "stored":
+        save_calibration(target.model, method, cfg, gen, shared)
     if on_text is None:
         stream.ids = list(res.token_ids)
     text = stream.close()

@@ -56,3 +56,12 @@ class ByteTokenizer:
 def tiny_bundle() -> Any:
     """A ModelBundle-like object: tiny random LLaMA + byte tokenizer."""
     return SimpleNamespace(model=make_tiny_llama(), tokenizer=ByteTokenizer(), name="tiny", eos_ids=set())
+
+
+@pytest.fixture(autouse=True)
+def _own_calibration_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every test keeps `specgen generate`'s stored acceptance calibrations in a folder of its own:
+    what a test drafts never depends on what the user's cache (or an earlier test) learnt."""
+    path = tmp_path_factory.mktemp("calibration")
+    monkeypatch.setenv("SPECGEN_CALIBRATION_DIR", str(path))
+    return path

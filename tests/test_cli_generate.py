@@ -37,6 +37,7 @@ def one_line_error(result: Any) -> str:
     (["hi", "--method", "pld", "--max-ngram", "1", "--min-ngram", "3"], "min-ngram"),
     (["hi", "--gate", "maybe"], "--gate"),
     (["hi", "--tree-sizing", "fixed"], "--tree-sizing"),
+    (["hi", "--calibration", "forever"], "--calibration"),
     (["hi", "--method", "pld", "--neighbours", "8"], "--neighbours does not apply"),
     (["hi", "--method", "sense", "--min-similarity", "2"], "min-similarity"),
 ])
@@ -58,12 +59,18 @@ def test_empty_prompt_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_generate_streams_text_and_stats(real_bundle: Any) -> None:
+def test_generate_streams_text_and_stats(real_bundle: Any, _own_calibration_dir: Path) -> None:
     result = runner.invoke(app, ["generate", "What is the capital of France?", "--method", "pld",
                                  "--max-new-tokens", "12"])
     assert result.exit_code == 0, result.output
     assert "Paris" in result.stdout
     assert "mean acceptance length" in result.stderr and "tokens/s" in result.stderr
+    # the run left its method's acceptance calibration for the next one (--calibration stored, the default)
+    stored = list(_own_calibration_dir.iterdir())
+    assert len(stored) == 1 and set(json.loads(stored[0].read_text())) >= {"accepted", "drafted", "method"}
+    fresh = runner.invoke(app, ["generate", "What is the capital of France?", "--method", "ar",
+                                "--max-new-tokens", "4", "--calibration", "fresh"])
+    assert fresh.exit_code == 0 and list(_own_calibration_dir.iterdir()) == stored  # fresh keeps nothing
 
 
 @pytest.mark.slow

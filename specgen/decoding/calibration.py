@@ -2,12 +2,13 @@
 
 `AcceptanceModel` turns any proposer's node scores into acceptance probabilities, learnt online
 over score and depth bins from a Beta prior (`sizing.TreeSizingConfig`: prior_mean, prior_weight,
-prior_depth). A server shares one per method across its requests (`child`: a hierarchical prior).
+prior_depth). A server shares one per method across its requests (`child`: a hierarchical prior);
+`specgen generate` keeps one per model and method on disk across runs (`stored.py`).
 """
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .sizing import TreeSizingConfig
@@ -54,6 +55,28 @@ class AcceptanceModel:
     def for_sizing(cls, cfg: "TreeSizingConfig", window: float | None = None) -> "AcceptanceModel":
         """A fresh model with `cfg`'s prior (prior_mean, prior_weight, prior_depth)."""
         return cls(cfg.prior_mean, cfg.prior_weight, geometric=cfg.prior_depth == "geometric", window=window)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts per bin and the bins' edges (what `from_dict` reads back); not the parent link."""
+        return {"edges": list(self.EDGES), "depths": list(self.DEPTHS), "window": self.window,
+                "accepted": list(self.accepted), "drafted": list(self.drafted)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AcceptanceModel":
+        """A model from `to_dict`'s output; ValueError when it does not fit this class's bins."""
+        if list(d["edges"]) != list(cls.EDGES) or list(d["depths"]) != list(cls.DEPTHS):
+            raise ValueError("calibration bins differ from this version's")
+        accepted, drafted = [float(a) for a in d["accepted"]], [float(n) for n in d["drafted"]]
+        n_bins = (len(cls.EDGES) + 1) * (len(cls.DEPTHS) + 1)
+        if len(accepted) != n_bins or len(drafted) != n_bins:
+            raise ValueError("calibration has the wrong number of bins")
+        if not all(0.0 <= a <= n and n > 0.0 for a, n in zip(accepted, drafted)):
+            raise ValueError("calibration counts out of range")
+        model = cls.__new__(cls)
+        model.accepted, model.drafted = accepted, drafted
+        model.window = None if d["window"] is None else float(d["window"])
+        model.parent = None
+        return model
 
     def _bin(self, score: float, depth: int) -> int:
         return bisect.bisect_right(self.EDGES, score) * (len(self.DEPTHS) + 1) + bisect.bisect_right(self.DEPTHS, depth)

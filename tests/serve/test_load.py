@@ -7,6 +7,7 @@ import threading
 import urllib.request
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -118,7 +119,14 @@ def test_concurrency_bench_compares_generate_at_one_client(real_bundle: Any, mon
             calls.append(("serve", m, p))
         return served(client, model, p, m, n)
     monkeypatch.setattr(C, "_one", one)
-    monkeypatch.setattr(C, "_direct_one", lambda b, w, p, m, n: calls.append(("generate", m, p)) or direct(b, w, p, m, n))
+    cals: dict[str, set[int]] = {}  # method -> ids of the calibrations its generate calls got
+
+    def through(b: Any, w: Any, p: str, m: str, n: int, cal: Any = None) -> Any:
+        cals.setdefault(m, set()).add(id(cal))
+        if n == 6:
+            calls.append(("generate", m, p))
+        return direct(b, w, p, m, n, cal)
+    monkeypatch.setattr(C, "_direct_one", through)
     prompts = ["Name a fruit.", "What is 3 + 4?"]
     cfg = C.ConcurrencyConfig(levels=(1, 2), methods=("ar", "pld"), max_new_tokens=6, compare_generate=True)
     rows = {(r.method, r.concurrency): r for r in C.run_concurrency(real_bundle, prompts, cfg)}
@@ -134,5 +142,10 @@ def test_concurrency_bench_compares_generate_at_one_client(real_bundle: Any, mon
         assert len(one.generate_speedups) == 1 and one.generate_speedup == one.generate_speedups[0] > 0
         assert two.generate_speedup is None and two.generate_identical is None  # c=1 only
     assert rows[("ar", 1)].generate_speedup == 1.0
+    # each method's generate calls (its warm-up included) share one calibration, as `specgen generate` runs do
+    assert all(len(ids) == 1 for ids in cals.values()) and cals["ar"] != cals["pld"] and id(None) not in cals["pld"]
     with pytest.raises(SpecgenError, match="include 1"):
         C.ConcurrencyConfig(levels=(2, 4), compare_generate=True)
+    with pytest.raises(SpecgenError, match="--generate-calibration"):
+        C.ConcurrencyConfig(generate_calibration="stored")
+    assert C._generate_calibrations(("ar", "pld"), replace(cfg, generate_calibration="fresh")) == {}
