@@ -114,14 +114,12 @@ def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: G
     if spec.driver is not None:
         return spec.driver(target, prompt, gen=gen, config=cfg, raw=raw, on_text=on_text, draft=draft, prefilled=prefilled)
     assert spec.factory is not None
+    if calibration is not None and calibration != "stored" and not isinstance(calibration, AcceptanceModel):
+        raise SpecgenError(f"calibration must be None, 'stored' or an AcceptanceModel, got {calibration!r}")
     prompt_ids = prompt if isinstance(prompt, list) else encode_prompt(target.tokenizer, prompt, raw=raw)
     proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
-    shared = calibration
-    if calibration == "stored":
-        shared = load_calibration(target.model, method, cfg, gen)
-    elif calibration is not None and not isinstance(calibration, AcceptanceModel):
-        raise SpecgenError(f"calibration must be None, 'stored' or an AcceptanceModel, got {calibration!r}")
+    shared = load_calibration(target.model, method, cfg, gen) if calibration == "stored" else calibration
     # Without a listener the text is decoded once at the end, not re-decoded at every step.
     res = decode(target, prompt_ids, proposer, gen, method=method, rule=spec.rule(target, cfg),
                  on_tokens=stream.push if on_text is not None else None, prefilled=prefilled, calibration=shared)

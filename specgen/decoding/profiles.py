@@ -17,11 +17,17 @@ import torch
 from .sizing import _PROFILES, CostProfile, TreeSizingConfig, measure_cost_profile, profile_memory_key
 
 
-def profile_key(model: Any, cfg: TreeSizingConfig) -> str:
+def model_identity(model: Any) -> dict[str, Any]:
+    """The model's config without what differs between two loads of the same weights (its path,
+    the transformers version): what on-disk caches keyed by model (profiles, calibrations) hash."""
     conf = model.config.to_dict()
     for k in ("_name_or_path", "transformers_version", "_attn_implementation_autoset"):
         conf.pop(k, None)
-    raw = json.dumps({"config": conf, "device": str(model.device), "dtype": str(model.dtype),
+    return conf
+
+
+def profile_key(model: Any, cfg: TreeSizingConfig) -> str:
+    raw = json.dumps({"config": model_identity(model), "device": str(model.device), "dtype": str(model.dtype),
                       "threads": torch.get_num_threads(), "sizes": list(cfg.sizes), "torch": torch.__version__,
                       "format": 2, "pad": cfg.pad_forwards},  # format 2: interleaved timing rounds, pads
                      sort_keys=True, default=str)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .calibration import SHARED_WINDOW, AcceptanceModel
+from .profiles import model_identity
 
 _FORMAT = 1
 
@@ -37,12 +38,9 @@ def calibration_dir() -> Path:
 
 def calibration_key(model: Any, method: str, method_config: Any, gen: Any) -> str:
     """A hash of everything that decides what the calibration of (model, method) should learn."""
-    conf = model.config.to_dict()
-    for k in ("_name_or_path", "transformers_version", "_attn_implementation_autoset"):
-        conf.pop(k, None)
     mcfg = dataclasses.asdict(method_config) if dataclasses.is_dataclass(method_config) else repr(method_config)
     ts = gen.tree_sizing
-    raw = json.dumps({"config": conf, "device": str(model.device), "dtype": str(model.dtype), "method": method,
+    raw = json.dumps({"config": model_identity(model), "device": str(model.device), "dtype": str(model.dtype), "method": method,
                       "method_config": mcfg, "greedy": gen.sampling.temperature == 0,
                       "prior": [ts.prior_mean, ts.prior_weight, ts.prior_depth],
                       "bins": [list(AcceptanceModel.EDGES), list(AcceptanceModel.DEPTHS)], "format": _FORMAT},
