@@ -263,11 +263,12 @@ def load_model(spec: str | None = None, dtype: str = "auto", device: str = "auto
     (auto | cpu | cuda | cuda:N) in `dtype` (auto | float32 | bfloat16 | float16; see specgen.device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .device import resolve_device, resolve_dtype
+    from .device import resolve_device, resolve_dtype, resolve_linear
 
     quiet_transformers()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    linear = resolve_linear(dev, torch_dtype)
     name, where = resolve_model_path(spec)
     if isinstance(where, str):
         where = _hub_snapshot(where)
@@ -285,6 +286,10 @@ def load_model(spec: str | None = None, dtype: str = "auto", device: str = "auto
     if vocab and len(tokenizer) > vocab:
         raise SpecgenError(f"model '{spec}': its tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
     model.to(dev).eval()
+    if linear == "onednn":
+        from .linear import pack_linears
+
+        pack_linears(model)
     return ModelBundle(model=model, tokenizer=tokenizer, name=name,
                        path=Path(where) if isinstance(where, Path) else None)
 

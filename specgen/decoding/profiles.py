@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..linear import linear_backend
 from .sizing import _PROFILES, CostProfile, TreeSizingConfig, measure_cost_profile, profile_memory_key
 
 
@@ -29,7 +30,7 @@ def model_identity(model: Any) -> dict[str, Any]:
 def profile_key(model: Any, cfg: TreeSizingConfig) -> str:
     raw = json.dumps({"config": model_identity(model), "device": str(model.device), "dtype": str(model.dtype),
                       "threads": torch.get_num_threads(), "sizes": list(cfg.sizes), "torch": torch.__version__,
-                      "format": 2, "pad": cfg.pad_forwards},  # format 2: interleaved timing rounds, pads
+                      "format": 2, "pad": cfg.pad_forwards, "linear": linear_backend(model)},  # format 2: interleaved timing rounds, pads
                      sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
