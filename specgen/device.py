@@ -71,18 +71,18 @@ LINEAR_CHOICES = ("auto", "onednn", "aten")
 
 
 def resolve_linear(device: "torch.device", dtype: "torch.dtype") -> str:  # noqa: F821
-    """How fp32 CPU linears run (`SPECGEN_CPU_LINEAR`, default auto): `onednn` (weights reordered once
+    """How fp32 and bf16 CPU linears run (`SPECGEN_CPU_LINEAR`, default auto): `onednn` (weights reordered once
     at load, specgen.linear) where this torch build has it, else `aten`; other devices and dtypes
     keep `aten`. An unknown value, or `onednn` where it is missing, is a one-line SpecgenError."""
     import torch
 
-    from .linear import onednn_available
+    from .linear import PACKED_DTYPES, onednn_available
 
     spec = os.environ.get(LINEAR_ENV, "auto").strip().lower() or "auto"
     if spec not in LINEAR_CHOICES:
         raise SpecgenError(f"{LINEAR_ENV} must be one of {', '.join(LINEAR_CHOICES)}, got {spec!r}")
     if spec == "onednn" and not onednn_available():
         raise SpecgenError(f"{LINEAR_ENV}=onednn: this torch build has no oneDNN prepacked linear")
-    if spec == "aten" or device.type != "cpu" or dtype != torch.float32 or not onednn_available():
+    if spec == "aten" or device.type != "cpu" or dtype not in PACKED_DTYPES or not onednn_available():
         return "aten"
     return "onednn"

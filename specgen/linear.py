@@ -1,4 +1,4 @@
-"""CPU linear layers on oneDNN with their weights reordered once, at load.
+"""CPU linear layers (fp32, bf16) on oneDNN with their weights reordered once, at load.
 
 Why: on the CPU, `torch.nn.functional.linear` sends one row through MKL's GEMV but two or more rows
 through SGEMM, which repacks the whole weight matrix on every call. For a memory-bound decoder that
@@ -22,6 +22,7 @@ import torch
 
 PACKED_ATTR = "_specgen_packed_weight"
 BACKEND_ATTR = "_specgen_linear"
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def onednn_available() -> bool:
@@ -41,7 +42,7 @@ def _packed_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def pack_linears(model: torch.nn.Module) -> int:
-    """Route every fp32 CPU `nn.Linear` of `model` through a reordered oneDNN weight; returns how
+    """Route every fp32 or bf16 CPU `nn.Linear` of `model` through a reordered oneDNN weight; returns how
     many were packed. A weight another module shares (a tied LM head) is kept; the others are
     replaced by a meta tensor of the same shape and dtype, so the model does not hold each matrix
     twice, and any code that would read them fails loudly instead of silently."""
@@ -52,7 +53,7 @@ def pack_linears(model: torch.nn.Module) -> int:
         if type(mod) is not torch.nn.Linear or hasattr(mod, PACKED_ATTR):
             continue
         w = mod.weight  # [out_features, in_features]
-        if w.device.type != "cpu" or w.dtype != torch.float32:
+        if w.device.type != "cpu" or w.dtype not in PACKED_DTYPES:
             continue
         with torch.no_grad():
             setattr(mod, PACKED_ATTR, torch.ops.mkldnn._reorder_linear_weight(w.detach(), None))

@@ -34,6 +34,18 @@ def test_packed_linear_matches_aten(shape: tuple[int, ...]) -> None:
 
 
 @needs_onednn
+def test_packed_linear_bf16_matches_aten() -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(64, 96, bias=False).to(torch.bfloat16)
+    packed = copy.deepcopy(ref)
+    assert pack_linears(packed) == 1
+    x = torch.randn(4, 64, dtype=torch.bfloat16)  # [n, 64]
+    with torch.inference_mode():
+        got, want = packed(x), ref(x)  # [n, 96]
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_onednn
 def test_packed_linear_empty_and_guards() -> None:
     lin = torch.nn.Linear(8, 4, bias=False)
     pack_linears(lin)
@@ -82,7 +94,7 @@ def test_resolve_linear(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_linear(cpu, torch.float32) == "aten"
     monkeypatch.setenv(LINEAR_ENV, "auto")
     assert resolve_linear(cpu, torch.float32) == ("onednn" if onednn_available() else "aten")
-    assert resolve_linear(cpu, torch.bfloat16) == "aten"  # only fp32 is packed
+    assert resolve_linear(cpu, torch.float16) == "aten"  # fp32 and bf16 are packed, fp16 is not
     assert resolve_linear(torch.device("cuda"), torch.float32) == "aten"
     monkeypatch.setenv(LINEAR_ENV, "fast")
     with pytest.raises(SpecgenError, match=LINEAR_ENV):
