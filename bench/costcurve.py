@@ -14,6 +14,7 @@ import torch
 
 from ..decoding.sizing import TreeSizingConfig, measure_cost_profile
 from ..decoding.verify import prefill
+from ..linear import linear_backend
 
 PREFIX_TEXT = ("Speculative decoding drafts several tokens cheaply and verifies them with one forward of "
                "the target model, keeping the tokens the target agrees with. ")
@@ -27,6 +28,7 @@ class CostCurve:
     device: str
     dtype: str
     threads: int
+    linear: str  # "onednn" or "aten" (specgen/linear.py)
     prefix: int
     sizes: tuple[int, ...]
     seconds: tuple[float, ...]  # best forward time per size
@@ -37,7 +39,7 @@ class CostCurve:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "device": self.device, "dtype": self.dtype, "threads": self.threads,
-                "prefix": self.prefix, "sizes": list(self.sizes), "seconds": [round(s, 5) for s in self.seconds],
+                "linear": self.linear, "prefix": self.prefix, "sizes": list(self.sizes), "seconds": [round(s, 5) for s in self.seconds],
                 "relative": [round(r, 3) for r in self.relative]}
 
 
@@ -50,4 +52,4 @@ def cost_curve(bundle: Any, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), prefi
     cfg = TreeSizingConfig(sizes=tuple(sizes), reps=reps)
     profile = measure_cost_profile(bundle.model, cache, len(ids), cfg)
     return CostCurve(bundle.name, str(bundle.model.device), str(bundle.model.dtype).removeprefix("torch."),
-                     torch.get_num_threads(), len(ids), tuple(sizes), tuple(profile.seconds))
+                     torch.get_num_threads(), linear_backend(bundle.model), len(ids), tuple(sizes), tuple(profile.seconds))

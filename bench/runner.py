@@ -376,9 +376,10 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None, *, bundle
     env = environment(config.seed)
     if getattr(bundle, "model", None) is not None:  # what the run actually used
         from .. import adapter
+        from ..linear import linear_backend
 
         env.update(device=str(bundle.model.device), dtype=str(bundle.model.dtype).removeprefix("torch."),
-                   attention=adapter.attention_backend(bundle.model))
+                   attention=adapter.attention_backend(bundle.model), linear=linear_backend(bundle.model))
     return BenchResult(config, runs, records, summarize(records), notes, env, model_name)
 
 

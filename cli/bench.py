@@ -351,8 +351,8 @@ def cost(model: Optional[str] = typer.Option(None, "--model", "-m", help="Target
     check_dtype_spec(dtype)
     check_model_spec(model)
     curve = cost_curve(load_model(model, dtype=dtype, device=device), tuple(size_list), prefix, reps)
-    table = Table(title=f"{curve.model} on {curve.device}, {curve.dtype}, {curve.threads} threads, "
-                        f"after {curve.prefix} tokens")
+    table = Table(title=f"{curve.model} on {curve.device}, {curve.dtype} ({curve.linear} linears), "
+                        f"{curve.threads} threads, after {curve.prefix} tokens")
     table.add_column("fed tokens", justify="right")
     table.add_column("ms", justify="right")
     table.add_column("relative to 1", justify="right")

@@ -234,7 +234,8 @@ def render_stats(stats: Any, compare: dict[str, Any] | None = None) -> None:
             ("wall time", f"{stats.wall_s:.2f} s (prefill {stats.prefill_s:.2f} s"
                           + (f", cost profile {stats.profile_s:.2f} s" if getattr(stats, "profile_s", 0) else "") + ")"),
             ("device", f"{getattr(stats, 'device', '') or '-'} {getattr(stats, 'dtype', '')} "
-                       f"(attention: {getattr(stats, 'attention', '') or '-'})"),
+                       f"(attention: {getattr(stats, 'attention', '') or '-'}, "
+                       f"linear: {getattr(stats, 'linear', '') or '-'})"),
             ("tokens/s", f"{stats.tokens_per_s:.1f}")]
     if compare is not None:
         rows.append(("ar on the same prompt", f"{compare['ar_tokens_per_s']:.1f} tokens/s, same tokens: "

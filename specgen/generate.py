@@ -14,6 +14,7 @@ from .decoding.loop import decode
 from .decoding.stored import load_calibration, save_calibration
 from .decoding.stats import GenerationStats
 from .errors import SpecgenError
+from .proposers.base import NullProposer
 from .proposers.registry import get_method
 
 TextCallback = Callable[[str], None]
@@ -119,11 +120,14 @@ def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: G
     prompt_ids = prompt if isinstance(prompt, list) else encode_prompt(target.tokenizer, prompt, raw=raw)
     proposer = spec.factory(target, cfg) if draft is None else spec.factory(target, cfg, draft=draft)
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
-    shared = load_calibration(target.model, method, cfg, gen) if calibration == "stored" else calibration
+    # A proposer that never drafts has nothing to calibrate: no stored file is read or written.
+    stored = calibration == "stored" and not isinstance(proposer, NullProposer)
+    shared = calibration if calibration != "stored" else load_calibration(target.model, method, cfg, gen) if stored \
+        else None
     # Without a listener the text is decoded once at the end, not re-decoded at every step.
     res = decode(target, prompt_ids, proposer, gen, method=method, rule=spec.rule(target, cfg),
                  on_tokens=stream.push if on_text is not None else None, prefilled=prefilled, calibration=shared)
-    if calibration == "stored":
+    if stored:
         save_calibration(target.model, method, cfg, gen, shared)
     if on_text is None:
         stream.ids = list(res.token_ids)

@@ -68,9 +68,14 @@ def test_generate_streams_text_and_stats(real_bundle: Any, _own_calibration_dir:
     # the run left its method's acceptance calibration for the next one (--calibration stored, the default)
     stored = list(_own_calibration_dir.iterdir())
     assert len(stored) == 1 and set(json.loads(stored[0].read_text())) >= {"accepted", "drafted", "method"}
-    fresh = runner.invoke(app, ["generate", "What is the capital of France?", "--method", "ar",
-                                "--max-new-tokens", "4", "--calibration", "fresh"])
+    before = stored[0].read_text()
+    fresh = runner.invoke(app, ["generate", "What is the capital of France?", "--method", "pld",
+                                "--max-new-tokens", "12", "--calibration", "fresh"])
     assert fresh.exit_code == 0 and list(_own_calibration_dir.iterdir()) == stored  # fresh keeps nothing
+    assert stored[0].read_text() == before
+    plain = runner.invoke(app, ["generate", "What is the capital of France?", "--method", "ar",
+                                "--max-new-tokens", "4"])
+    assert plain.exit_code == 0 and list(_own_calibration_dir.iterdir()) == stored  # ar drafts nothing to keep
 
 
 @pytest.mark.slow

@@ -115,5 +115,19 @@ def test_profile_key_tells_backends_apart(tiny_bundle: Any) -> None:
 @needs_onednn
 def test_real_model_loads_packed(real_bundle: Any) -> None:
     """`load_model` packs the embedded model on the CPU by default (SPECGEN_CPU_LINEAR unset)."""
+    from specgen.config import GenerationConfig
+    from specgen.generate import generate
+
     assert linear_backend(real_bundle.model) == "onednn"
     assert real_bundle.model.model.layers[0].mlp.down_proj.weight.device.type == "meta"
+    out = generate(real_bundle, "Say hi.", method="ar", gen=GenerationConfig(max_new_tokens=2))
+    assert out.stats.linear == "onednn"  # the statistics say which path ran
+
+
+def test_load_model_keeps_aten_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from specgen.models import load_model
+
+    monkeypatch.setenv(LINEAR_ENV, "aten")
+    bundle = load_model()
+    assert linear_backend(bundle.model) == "aten"
+    assert bundle.model.model.layers[0].mlp.down_proj.weight.device.type == "cpu"

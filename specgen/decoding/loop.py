@@ -16,6 +16,7 @@ import torch
 from .. import adapter
 from ..config import GenerationConfig
 from ..errors import Interrupted
+from ..linear import linear_backend
 from ..proposers.base import Proposer
 from .accept import ExactMatch, PositionSampler
 from .calibration import AcceptanceModel
@@ -69,7 +70,8 @@ def start(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generatio
     n = len(prompt_ids)
     context = adapter.check_prompt_fits(model, n)
     stats = GenerationStats(method=method, prompt_tokens=n, device=str(model.device),
-                            dtype=str(model.dtype).removeprefix("torch."), attention=adapter.attention_backend(model))
+                            dtype=str(model.dtype).removeprefix("torch."), attention=adapter.attention_backend(model),
+                            linear=linear_backend(model))
     # Generation stops at the end of the context (finish reason "length") whatever max_new_tokens says.
     stopper = Stopper(target.tokenizer, target.eos_ids, gen, None if context is None else context - n)
     # No seed: a fresh one, recorded in the statistics so the run can be repeated.

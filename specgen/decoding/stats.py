@@ -49,6 +49,7 @@ class GenerationStats:
     device: str = ""  # where the target ran, e.g. "cpu", "cuda:0"
     dtype: str = ""  # the target's weights, e.g. "float32"
     attention: str = ""  # the tree-attention backend used: "triton" or "torch"
+    linear: str = ""  # how the target's linears ran: "onednn" (prepacked, specgen/linear.py) or "aten"
     cost_profile: dict | None = None  # relative verification cost per forward size (decoding/sizing.py)
     accept_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
     # per step, seconds outside the target forward: propose, tree, accept, commit, streaming

@@ -116,4 +116,5 @@ def test_cost_curve_on_a_tiny_model(tiny: Any) -> None:
     assert curve.sizes == (1, 2, 4) and curve.prefix == 16 and curve.relative[0] == 1.0
     assert list(curve.seconds) == sorted(curve.seconds) and all(s > 0 for s in curve.seconds)
     d = curve.to_dict()
-    assert d["relative"][0] == 1.0 and d["threads"] >= 1
+    assert d["relative"][0] == 1.0 and d["threads"] >= 1 and d["linear"] == "aten"  # a tiny model built unpacked
+
