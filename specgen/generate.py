@@ -122,8 +122,10 @@ def generate(target: Any, prompt: str | list[int], *, method: str = "ar", gen: G
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
     # A proposer that never drafts has nothing to calibrate: no stored file is read or written.
     stored = calibration == "stored" and not isinstance(proposer, NullProposer)
-    shared = calibration if calibration != "stored" else load_calibration(target.model, method, cfg, gen) if stored \
-        else None
+    if calibration == "stored":
+        shared = load_calibration(target.model, method, cfg, gen) if stored else None
+    else:
+        shared = calibration
     # Without a listener the text is decoded once at the end, not re-decoded at every step.
     res = decode(target, prompt_ids, proposer, gen, method=method, rule=spec.rule(target, cfg),
                  on_tokens=stream.push if on_text is not None else None, prefilled=prefilled, calibration=shared)

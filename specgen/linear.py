@@ -46,7 +46,7 @@ def pack_linears(model: torch.nn.Module) -> int:
     many were packed. A weight another module shares (a tied LM head) is kept; the others are
     replaced by a meta tensor of the same shape and dtype, so the model does not hold each matrix
     twice, and any code that would read them fails loudly instead of silently."""
-    shared = {id(p) for name, mod in model.named_modules() if not isinstance(mod, torch.nn.Linear)
+    shared = {id(p) for mod in model.modules() if not isinstance(mod, torch.nn.Linear)
               for p in mod.parameters(recurse=False)}
     packed = 0
     for mod in model.modules():
