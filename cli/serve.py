@@ -48,6 +48,9 @@ def serve(
     shared_calibration: bool = typer.Option(True, "--shared-calibration/--per-request-calibration",
                                             help="Tree sizing's acceptance estimates: learnt across the requests "
                                                  "of a method, or afresh per request (as generate does)."),
+    stored_calibration: bool = typer.Option(False, "--stored-calibration",
+                                            help="Start each method's shared estimates from the ones `specgen "
+                                                 "generate` keeps on disk, and write them back at shutdown."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
 ) -> None:
@@ -66,7 +69,7 @@ def serve(
                       host=host, port=port, api_key=api_key or os.environ.get("SPECGEN_API_KEY") or None,
                       max_queue=max_queue, max_batch_size=max_batch_size,
                       spec_disable_batch_size=spec_disable_batch_size, device=device, dtype=dtype,
-                      shared_calibration=shared_calibration)
+                      shared_calibration=shared_calibration, stored_calibration=stored_calibration)
     if method not in available_methods():
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
     make_config(method, dict(cfg.method_options.get(method, {})))  # the default method's options: one line now

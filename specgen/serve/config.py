@@ -48,6 +48,10 @@ class ServeConfig:
     # request otherwise spends its few steps learning that a method's drafts fail on this model).
     # False: each request calibrates alone, as `specgen generate` does.
     shared_calibration: bool = True
+    # With a shared calibration: start each (method, greedy or sampled) from the one `specgen generate`
+    # keeps on disk for this model and method config (decoding/stored.py), and write it back at
+    # shutdown when its requests drafted. Off by default so a server's start does not depend on history.
+    stored_calibration: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -57,6 +61,8 @@ class ServeConfig:
             in_range("spec_disable_batch_size", self.spec_disable_batch_size, 1, 1024)
         in_range("max_queue", self.max_queue, 1, 1_000_000)
         in_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)
+        if self.stored_calibration and not self.shared_calibration:
+            raise SpecgenError("a stored calibration is a shared one: drop --per-request-calibration")
         if self.api_key is not None and not self.api_key.strip():
             raise SpecgenError("--api-key must not be empty")
         if self.api_key is None and not is_loopback(self.host):

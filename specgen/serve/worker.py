@@ -61,6 +61,7 @@ class Worker:
             raise SpecgenError(self.config_errors.get(cfg.method, f"unknown method '{cfg.method}'"))
         self.drafts: dict[str, Any] = {}
         self.calibrations: dict[tuple[str, bool], Any] = {}  # (method, greedy) -> shared AcceptanceModel
+        self._stored: dict[tuple[str, bool], tuple[Any, float]] = {}  # key -> (gen it was loaded for, drafted then)
         self.jobs: "queue.Queue[Handle | None]" = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="specgen-worker", daemon=True)
 
@@ -70,6 +71,17 @@ class Worker:
     def stop(self) -> None:
         self.jobs.put(None)
         self.thread.join(timeout=30)
+        if not self.thread.is_alive():
+            self._save_stored()
+
+    def _save_stored(self) -> None:
+        """Write back the stored calibrations whose requests drafted (a method that never drafts, ar, leaves none)."""
+        from ..decoding.stored import save_calibration
+
+        for (method, greedy), (gen, drafted) in self._stored.items():
+            cal = self.calibrations[(method, greedy)]
+            if sum(cal.drafted) > drafted:
+                save_calibration(self.bundle.model, method, self.configs[method], gen, cal)
 
     def check_method(self, method: str) -> None:
         """A 400 for a method this server cannot run (its options are missing or wrong)."""
@@ -104,7 +116,14 @@ class Worker:
             return None
         key = (job.method, job.gen.sampling.greedy)
         if key not in self.calibrations:
-            self.calibrations[key] = AcceptanceModel.for_sizing(job.gen.tree_sizing, window=SHARED_WINDOW)
+            if self.cfg.stored_calibration:
+                from ..decoding.stored import load_calibration
+
+                cal = load_calibration(self.bundle.model, job.method, self.configs[job.method], job.gen)
+                self._stored[key] = (job.gen, sum(cal.drafted))
+            else:
+                cal = AcceptanceModel.for_sizing(job.gen.tree_sizing, window=SHARED_WINDOW)
+            self.calibrations[key] = cal
         return self.calibrations[key]
 
     def _loop(self) -> None:
