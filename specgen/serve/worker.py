@@ -61,7 +61,7 @@ class Worker:
             raise SpecgenError(self.config_errors.get(cfg.method, f"unknown method '{cfg.method}'"))
         self.drafts: dict[str, Any] = {}
         self.calibrations: dict[tuple[str, bool], Any] = {}  # (method, greedy) -> shared AcceptanceModel
-        self._stored: dict[tuple[str, bool], tuple[Any, float]] = {}  # key -> (gen it was loaded for, drafted then)
+        self._stored: dict[tuple[str, bool], tuple[Any, dict[str, Any]]] = {}  # key -> (gen it was loaded for, counts then)
         self.jobs: "queue.Queue[Handle | None]" = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="specgen-worker", daemon=True)
 
@@ -75,12 +75,14 @@ class Worker:
             self._save_stored()
 
     def _save_stored(self) -> None:
-        """Write back the stored calibrations whose requests drafted (a method that never drafts, ar, leaves none)."""
+        """Write back the stored calibrations its requests changed (a method that never drafts, ar, leaves none).
+
+        Compared as counts, not their sum: a bin at its window keeps its total while new evidence moves it."""
         from ..decoding.stored import save_calibration
 
-        for (method, greedy), (gen, drafted) in self._stored.items():
+        for (method, greedy), (gen, loaded) in self._stored.items():
             cal = self.calibrations[(method, greedy)]
-            if sum(cal.drafted) > drafted:
+            if cal.to_dict() != loaded:
                 save_calibration(self.bundle.model, method, self.configs[method], gen, cal)
 
     def check_method(self, method: str) -> None:
@@ -120,7 +122,7 @@ class Worker:
                 from ..decoding.stored import load_calibration
 
                 cal = load_calibration(self.bundle.model, job.method, self.configs[job.method], job.gen)
-                self._stored[key] = (job.gen, sum(cal.drafted))
+                self._stored[key] = (job.gen, cal.to_dict())
             else:
                 cal = AcceptanceModel.for_sizing(job.gen.tree_sizing, window=SHARED_WINDOW)
             self.calibrations[key] = cal

@@ -100,7 +100,7 @@ def test_a_stored_calibration_is_what_generate_keeps_and_the_server_writes_it_ba
     try:
         _serve_once(worker, "ar", prompt, gen)
         _serve_once(worker, "pld", prompt, gen)
-        started = worker._stored[("pld", True)][1]
+        started = sum(worker._stored[("pld", True)][1]["drafted"])
         served = sum(worker.calibrations[("pld", True)].drafted)
     finally:
         worker.stop()
