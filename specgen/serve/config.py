@@ -50,7 +50,7 @@ class ServeConfig:
     shared_calibration: bool = True
     # With a shared calibration: start each (method, greedy or sampled) from the one `specgen generate`
     # keeps on disk for this model and method config (decoding/stored.py), and write it back at
-    # shutdown when its requests drafted. Off by default so a server's start does not depend on history.
+    # shutdown when its requests changed it. Off by default so a server's start does not depend on history.
     stored_calibration: bool = False
 
     def __post_init__(self) -> None:
