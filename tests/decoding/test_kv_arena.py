@@ -16,13 +16,10 @@ def _kv(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pair() -> tuple[object, object]:
-    return adapter.empty_cache(), _plain_cache()
-
-
-def _plain_cache() -> object:
+    """An arena cache and HF's plain DynamicCache, to be fed the same operations."""
     from transformers import DynamicCache
 
-    return DynamicCache()
+    return adapter.empty_cache(), DynamicCache()
 
 
 def _same(a: object, b: object) -> None:

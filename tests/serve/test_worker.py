@@ -7,6 +7,19 @@ from typing import Any
 import pytest
 
 
+def _serve_once(worker: Any, method: str, prompt: list[int], gen: Any) -> Any:
+    import queue
+
+    from specgen.serve.protocol import Job
+
+    events: "queue.Queue[Any]" = queue.Queue()
+    worker.submit(Job("completion", "tiny", prompt, gen, method, stream=False, raw=True), events.put)
+    while (event := events.get(timeout=120))[0] == "text":
+        pass
+    assert event[0] == "done", event
+    return event[1]
+
+
 def test_worker_times_the_cost_profile_at_start(tiny_bundle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from specgen.decoding.sizing import _PROFILES
     from specgen.serve.config import ServeConfig
@@ -25,12 +38,9 @@ def test_worker_times_the_cost_profile_at_start(tiny_bundle: Any, tmp_path: Path
 @pytest.mark.parametrize("shared", [True, False])
 def test_requests_of_a_method_share_one_acceptance_calibration(tiny_bundle: Any, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
-    import queue
-
     from specgen.config import GenerationConfig, SamplingConfig
     from specgen.serve.config import ServeConfig
     from specgen.serve.metrics import ServerMetrics
-    from specgen.serve.protocol import Job
     from specgen.serve.worker import Worker
 
     monkeypatch.setenv("SPECGEN_CACHE", str(tmp_path))
@@ -41,11 +51,7 @@ def test_requests_of_a_method_share_one_acceptance_calibration(tiny_bundle: Any,
         seen = []
         for temperature in (0.0, 0.0, 0.8):
             gen = GenerationConfig(max_new_tokens=24, sampling=SamplingConfig(temperature=temperature, seed=1))
-            events: "queue.Queue[Any]" = queue.Queue()
-            worker.submit(Job("completion", "tiny", prompt, gen, "pld", stream=False, raw=True), events.put)
-            while (event := events.get(timeout=120))[0] == "text":
-                pass
-            assert event[0] == "done", event
+            _serve_once(worker, "pld", prompt, gen)
             seen.append({k: sum(m.drafted) for k, m in worker.calibrations.items()})
     finally:
         worker.stop()
@@ -58,19 +64,6 @@ def test_requests_of_a_method_share_one_acceptance_calibration(tiny_bundle: Any,
     assert seen[1][greedy] >= seen[0][greedy] and seen[2][greedy] == seen[1][greedy]
     prior = 2.0 * len(worker.calibrations[greedy].drafted)  # prior_weight pseudo-counts per bin
     assert seen[1][greedy] > prior  # drafts were verified, and counted
-
-
-def _serve_once(worker: Any, method: str, prompt: list[int], gen: Any) -> Any:
-    import queue
-
-    from specgen.serve.protocol import Job
-
-    events: "queue.Queue[Any]" = queue.Queue()
-    worker.submit(Job("completion", "tiny", prompt, gen, method, stream=False, raw=True), events.put)
-    while (event := events.get(timeout=120))[0] == "text":
-        pass
-    assert event[0] == "done", event
-    return event[1]
 
 
 def test_a_stored_calibration_is_what_generate_keeps_and_the_server_writes_it_back(
