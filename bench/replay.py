@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 
 from ..datastore.build import hidden_states
@@ -178,7 +179,8 @@ def replay_all(make: Callable[[], Proposer], traces: list[Trace], budget: int,
     return result
 
 
-def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15, use_context: bool = True) -> float:
+def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15, use_context: bool = True,
+                      shift_window: int | None = None) -> float:
     """Mean acceptance length of an oracle retriever: the most any lossless drafter over `index` and
     the live context can reach with one candidate per step.
 
@@ -186,17 +188,21 @@ def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15,
     value, `index`; a committed position's continuation, `use_context`), the one agreeing longest
     with the recorded answer, up to `max_len` tokens. A tree accepts one path, so no tree of these
     continuations does better per step; this is the ceiling to read a retriever's tau against.
+    `shift_window` w: also every other key's value aligned as `sense --align shift` with that
+    window aligns it (`proposers.sense.shift_start`), the ceiling of a shifting drafter.
     """
-    counts = [_ceiling_steps(tr, index, max_len, use_context) for tr in traces]
+    counts = [_ceiling_steps(tr, index, max_len, use_context, shift_window) for tr in traces]
     steps = sum(c[1] for c in counts)
     return sum(c[0] for c in counts) / steps if steps else 0.0
 
 
-def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool) -> tuple[int, int]:
+def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool,
+                   shift_window: int | None = None) -> tuple[int, int]:
     """(tokens after prefill, oracle steps) of one trace (see `retrieval_ceiling`)."""
     from ..adapter import common_prefix
 
     seq, out, p = tr.prompt_ids + tr.output_ids, tr.output_ids, len(tr.prompt_ids)
+    values = _padded_values(index, max_len + shift_window + 1) if index is not None and shift_window else None
     i = steps = 0  # out[i] is pending: out[0] came from prefill
     while i < len(out) - 1:
         future = out[i + 1: i + 1 + max_len]
@@ -204,6 +210,8 @@ def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool) -> tu
         if index is not None:
             for cont in index.continuations(index.postings(out[i]))[:, 1: 1 + max_len]:  # [m, <= max_len]
                 best = max(best, common_prefix(cont.tolist(), future))
+        if values is not None:
+            best = max(best, _best_shifted(values, out[i], future, shift_window))
         if use_context:
             n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
             for j in range(n - 1):
@@ -214,22 +222,51 @@ def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool) -> tu
     return len(out) - 1, steps
 
 
-def ceiling_table(traces: list[Trace], index_path: str | None, budgets: tuple[int, ...]) -> dict[str, dict[str, float]]:
+def _padded_values(index: Any, width: int) -> np.ndarray:
+    """[N, width] every key's stored continuation, padded with -1 (nothing matches it)."""
+    vals = np.asarray(index.continuations(np.arange(len(index))), dtype=np.int64)  # [N, L]
+    out = np.full((vals.shape[0], width), -1, dtype=np.int64)  # [N, width]
+    out[:, : min(width, vals.shape[1])] = vals[:, :width]
+    return out
+
+
+def _best_shifted(values: np.ndarray, pending: int, future: list[int], window: int) -> int:
+    """Longest agreement with `future` of any key's value [N, W] aligned to `pending` by
+    `shift_start` (vectorised over keys): from just past `pending` in values[:, 1 : 1 + window],
+    else from values[:, 1]; keys whose value starts with `pending` (or ends there) excluded."""
+    if not future:
+        return 0
+    m = len(future)
+    hits = values[:, 1: 1 + window] == pending  # [N, window]
+    start = np.where(hits.any(axis=1), hits.argmax(axis=1) + 2, 1)  # [N]
+    start[(values[:, 0] == pending) | (values[:, 0] < 0)] = values.shape[1]  # never drafts
+    cols = start[:, None] + np.arange(m)[None, :]  # [N, m]
+    drafted = np.take_along_axis(values, np.minimum(cols, values.shape[1] - 1), axis=1)  # [N, m]
+    drafted[cols >= values.shape[1]] = -1
+    agree = np.cumprod(drafted == np.asarray(future)[None, :], axis=1)  # [N, m]
+    return int(agree.sum(axis=1).max()) if agree.size else 0
+
+
+def ceiling_table(traces: list[Trace], index_path: str | None, budgets: tuple[int, ...],
+                  shift_window: int = 3) -> dict[str, dict[str, float]]:
     """{"ceiling@<budget>": {category and "overall": retrieval_ceiling}} over the datastore at
-    `index_path` (None: the live context only), drafts capped at min(budget, 15) tokens as `sense` caps them."""
+    `index_path` (None: the live context only), drafts capped at min(budget, 15) tokens as `sense` caps them;
+    with a datastore also "ceiling-shift@<budget>", the ceiling of `sense --align shift` (window `shift_window`)."""
     from ..datastore.store import SemanticIndex
 
     index = SemanticIndex.load_cached(index_path) if index_path else None
     out: dict[str, dict[str, float]] = {}
     for budget in budgets:
-        sums: dict[str, list[int]] = {"overall": [0, 0]}
-        for tr in traces:  # each trace once; categories and overall from the same counts
-            tokens, steps = _ceiling_steps(tr, index, min(budget, 15), True)
-            for key in (tr.category, "overall"):
-                acc = sums.setdefault(key, [0, 0])
-                acc[0] += tokens
-                acc[1] += steps
-        out[f"ceiling@{budget}"] = {key: t / s if s else 0.0 for key, (t, s) in sums.items()}
+        rows: list[tuple[str, int | None]] = [("ceiling", None)] + ([("ceiling-shift", shift_window)] if index else [])
+        for label, window in rows:
+            sums: dict[str, list[int]] = {"overall": [0, 0]}
+            for tr in traces:  # each trace once; categories and overall from the same counts
+                tokens, steps = _ceiling_steps(tr, index, min(budget, 15), True, window)
+                for key in (tr.category, "overall"):
+                    acc = sums.setdefault(key, [0, 0])
+                    acc[0] += tokens
+                    acc[1] += steps
+            out[f"{label}@{budget}"] = {key: t / s if s else 0.0 for key, (t, s) in sums.items()}
     return out
 
 

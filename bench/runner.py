@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sense-gate": ("sense", {"gate_enabled": True}),
     "sense-gate-hidden": ("sense", {"gate_enabled": True, "gate_signal": "hidden"}),
     "sense-focused": ("sense", {"preset": "focused"}),
+    "sense-strict": ("sense", {"preset": "strict"}),
     "specguard-conf": ("specguard", {"signals": "confidence"}),
     "specguard-ground": ("specguard", {"signals": "grounding"}),
     "specguard-paper": ("specguard", {"preset": "paper"}),

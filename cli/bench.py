@@ -84,7 +84,8 @@ def bench(
                                                             "with 'turns', 'prompt' or 'question'."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: ar,pld,rest,sense, "
                                                                  "those usable here); ar is always added. Variants: "
-                                                                 "sense-gate (soft gate on), specguard-conf, specguard-ground."),
+                                                                 "sense-gate (soft gate on), sense-gate-hidden, sense-strict "
+                                                                 "(the earlier sense defaults), specguard-conf, specguard-ground."),
     limit: Optional[int] = typer.Option(1, "--limit", help="Questions per category (0 = all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model (default: the embedded SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda | cuda:N."),

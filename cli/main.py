@@ -129,6 +129,9 @@ def generate(
     min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="sense: cosine floor for a neighbour (default 0.3)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="sense: draft only when the best candidate's evidence "
                                                                         "reaches this (default 0.5; 0 = always draft)."),
+    align: Optional[str] = typer.Option(None, "--align", help="sense: exact (a datastore neighbour drafts only when the "
+                                        "pending token followed it) | shift (else aligned to it: a synonym or a few "
+                                        "extra stored tokens; the default)."),
     gate: Optional[str] = typer.Option(None, "--gate", help="sense: soft gate on|off (off = lossless)."),
     gate_alpha: Optional[float] = typer.Option(None, "--gate-alpha", help="sense gate: accept d if p(d) >= alpha p(argmax)."),
     gate_tau_e: Optional[float] = typer.Option(None, "--gate-tau-e", help="sense gate: embedding cosine floor."),
@@ -149,7 +152,7 @@ def generate(
     recompute_method: Optional[str] = typer.Option(None, "--recompute-method", help="specguard: token-level method for rejected steps."),
     preset: Optional[str] = typer.Option(None, "--preset", help="specguard: measured (default) | paper (grounding "
                                                                 "higher = better, both signals must pass); sense: "
-                                                                "default | focused (a small on-topic datastore)."),
+                                                                "default | strict (the earlier defaults: draft only on strong evidence)."),
     exchange: Optional[str] = typer.Option(None, "--exchange", help="specguard: auto | tokens | text (how steps cross)."),
 ) -> None:
     """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""
@@ -175,7 +178,7 @@ def generate(
                            sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
     options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
                    draft_layers=draft_layers, tree_width=tree_width, index=str(index) if index else None,
-                   k=neighbours, min_similarity=min_similarity, min_score=min_score,
+                   k=neighbours, min_similarity=min_similarity, min_score=min_score, align=align,
                    gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
                    gate_signal=gate_signal, gate_tau_h=gate_tau_h,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,

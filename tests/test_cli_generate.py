@@ -40,6 +40,8 @@ def one_line_error(result: Any) -> str:
     (["hi", "--calibration", "forever"], "--calibration"),
     (["hi", "--method", "pld", "--neighbours", "8"], "--neighbours does not apply"),
     (["hi", "--method", "sense", "--min-similarity", "2"], "min-similarity"),
+    (["hi", "--method", "sense", "--align", "fuzzy"], "align must be one of exact, shift"),
+    (["hi", "--method", "pld", "--align", "shift"], "--align does not apply"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     err = one_line_error(runner.invoke(app, ["generate", *args]))

@@ -79,6 +79,9 @@ class _Values:
     def continuations(self, ids: Any) -> Any:
         return self.values[ids]
 
+    def __len__(self) -> int:
+        return len(self.values)
+
 
 def test_retrieval_ceiling_by_hand() -> None:
     # pending 9: nothing follows a 9 before it (1 token); pending 2: position 0 was followed by 2, then by
@@ -90,6 +93,21 @@ def test_retrieval_ceiling_by_hand() -> None:
     assert retrieval_ceiling([trace], _Values([[7, 6, 6], [7, 8, 6]])) == pytest.approx(6 / 3)
     assert retrieval_ceiling([trace], _Values([[7, 8, 6]]), use_context=False) == pytest.approx(6 / 5)
     assert retrieval_ceiling([trace], max_len=1) == pytest.approx(6 / 5)  # one draft token at most
+
+
+def test_shifted_retrieval_ceiling_by_hand() -> None:
+    # out: 9 2 3 4 7 8 6. The one key was followed by 5, never pending here: no exact continuation.
+    trace = Trace("q", "c", [1, 2, 3, 4, 5], [9, 2, 3, 4, 7, 8, 6], None)
+    assert retrieval_ceiling([trace], _Values([[5, 8, 6]]), use_context=False) == pytest.approx(6 / 6)
+    # shifted, its 5 stands for the pending 7 and its 8 6 is the answer's: the last two steps become one
+    assert retrieval_ceiling([trace], _Values([[5, 8, 6]]), use_context=False, shift_window=3) == pytest.approx(6 / 5)
+    # the pending 7 two tokens in: aligned past it within a window of 3, not of 1
+    two_more = _Values([[5, 1, 7, 8, 6]])
+    assert retrieval_ceiling([trace], two_more, use_context=False, shift_window=3) == pytest.approx(6 / 5)
+    assert retrieval_ceiling([trace], two_more, use_context=False, shift_window=1) == pytest.approx(6 / 6)
+    # exact continuations still count: a key followed by the pending 4 drafting 7 8 6
+    assert retrieval_ceiling([trace], _Values([[5, 8, 6, -1], [4, 7, 8, 6]]), use_context=False,
+                             shift_window=3) == pytest.approx(6 / 4)
 
 
 def test_retrieval_ceiling_bounds_the_context_drafters(bundle: Any) -> None:
