@@ -1,7 +1,8 @@
 """Tune `sense` on the paraphrase suite's tune half and report on the eval half (README, Results).
 
-    .venv/bin/python docs/tune_sense_paraphrase.py tune   # pld, rest, sense over a 27-point grid + the ranking grid
-    .venv/bin/python docs/tune_sense_paraphrase.py eval   # pld, rest, sense defaults and the tuned setting
+    .venv/bin/python docs/tune_sense_paraphrase.py tune   # pld, rest, sense: a 27-point grid and the ranking grid
+                                                          # (over --preset strict), the alignment grid (over the defaults)
+    .venv/bin/python docs/tune_sense_paraphrase.py eval   # pld, rest, sense --preset strict and the defaults
     .venv/bin/python docs/tune_sense_paraphrase.py gate tune|eval  # the soft gate: a grid (tune) or the
                                                                    # chosen settings (eval), live decoding
 
@@ -26,7 +27,12 @@ from specgen.decoding.policy import DraftPolicyConfig
 from specgen.models import load_model
 from specgen.proposers.registry import get_method, make_config
 
-TUNED = dict(preset="focused")  # the best on the tune half (specgen/proposers/sense.py SENSE_PRESETS)
+# The best on the tune half became the defaults (specgen/proposers/sense.py SENSE_PRESETS); the first
+# two grids vary the earlier defaults (--preset strict), the alignment grid the current ones.
+TUNED: dict = {}
+STRICT = dict(preset="strict")
+ALIGN_GRID = [dict(align="exact"), {}, dict(align_window=1), dict(align_min_similarity=0.3), dict(align_k=32),
+              dict(align_below=3.0)]
 # The ranking options added in the fifth session, each on top of the first grid's best point.
 RANKING_GRID = [dict(min_score=0.25, min_similarity=0.1, datastore_weight=1.0, **opts) for opts in (
     {}, dict(depth_decay=0.7), dict(sharpness=5.0), dict(depth_decay=0.7, sharpness=5.0),
@@ -85,9 +91,9 @@ def main(split: str, mode: str = "replay") -> None:
         return replay_all(lambda: spec.factory(bundle, cfg), traces, 16, policy)["overall"].tau
 
     rows = [("pld", {}, tau("pld")), ("rest", {}, tau("rest", index=index))]
-    grid = ([dict(min_score=a, min_similarity=b, datastore_weight=c)
+    grid = ([dict(STRICT, min_score=a, min_similarity=b, datastore_weight=c)
              for a, b, c in itertools.product((0.0, 0.25, 0.5), (0.1, 0.3, 0.5), (0.5, 1.0, 2.0))]
-            + RANKING_GRID if split == "tune" else [{}, TUNED])
+            + [dict(STRICT, **g) for g in RANKING_GRID] + ALIGN_GRID if split == "tune" else [STRICT, TUNED])
     rows += [("sense", opts, tau("sense", index=index, **opts)) for opts in grid]
     for name, opts, t in sorted(rows, key=lambda r: -r[2]):
         print(f"{t:.3f}  {name} {json.dumps(opts)}")
