@@ -191,18 +191,19 @@ def retrieval_ceiling(traces: list[Trace], index: Any = None, max_len: int = 15,
     `shift_window` w: also every other key's value aligned as `sense --align shift` with that
     window aligns it (`proposers.sense.shift_start`), the ceiling of a shifting drafter.
     """
-    counts = [_ceiling_steps(tr, index, max_len, use_context, shift_window) for tr in traces]
+    shifted = _padded_values(index, max_len + shift_window + 1) if index is not None and shift_window else None
+    counts = [_ceiling_steps(tr, index, max_len, use_context, shifted, shift_window) for tr in traces]
     steps = sum(c[1] for c in counts)
     return sum(c[0] for c in counts) / steps if steps else 0.0
 
 
 def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool,
-                   shift_window: int | None = None) -> tuple[int, int]:
-    """(tokens after prefill, oracle steps) of one trace (see `retrieval_ceiling`)."""
+                   shifted: np.ndarray | None = None, shift_window: int = 0) -> tuple[int, int]:
+    """(tokens after prefill, oracle steps) of one trace (see `retrieval_ceiling`); `shifted`:
+    every key's value [N, >= max_len + shift_window + 1] (`_padded_values`), None = exact only."""
     from ..adapter import common_prefix
 
     seq, out, p = tr.prompt_ids + tr.output_ids, tr.output_ids, len(tr.prompt_ids)
-    values = _padded_values(index, max_len + shift_window + 1) if index is not None and shift_window else None
     i = steps = 0  # out[i] is pending: out[0] came from prefill
     while i < len(out) - 1:
         future = out[i + 1: i + 1 + max_len]
@@ -210,8 +211,8 @@ def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool,
         if index is not None:
             for cont in index.continuations(index.postings(out[i]))[:, 1: 1 + max_len]:  # [m, <= max_len]
                 best = max(best, common_prefix(cont.tolist(), future))
-        if values is not None:
-            best = max(best, _best_shifted(values, out[i], future, shift_window))
+        if shifted is not None:
+            best = max(best, _best_shifted(shifted, out[i], future, shift_window))
         if use_context:
             n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
             for j in range(n - 1):
@@ -255,13 +256,15 @@ def ceiling_table(traces: list[Trace], index_path: str | None, budgets: tuple[in
     from ..datastore.store import SemanticIndex
 
     index = SemanticIndex.load_cached(index_path) if index_path else None
+    # every key's value, read once for all traces and budgets (drafts are capped at 15 tokens)
+    shifted = _padded_values(index, 15 + shift_window + 1) if index is not None else None
+    rows: list[tuple[str, np.ndarray | None]] = [("ceiling", None)] + ([("ceiling-shift", shifted)] if index else [])
     out: dict[str, dict[str, float]] = {}
     for budget in budgets:
-        rows: list[tuple[str, int | None]] = [("ceiling", None)] + ([("ceiling-shift", shift_window)] if index else [])
-        for label, window in rows:
+        for label, values in rows:
             sums: dict[str, list[int]] = {"overall": [0, 0]}
             for tr in traces:  # each trace once; categories and overall from the same counts
-                tokens, steps = _ceiling_steps(tr, index, min(budget, 15), True, window)
+                tokens, steps = _ceiling_steps(tr, index, min(budget, 15), True, values, shift_window)
                 for key in (tr.category, "overall"):
                     acc = sums.setdefault(key, [0, 0])
                     acc[0] += tokens

@@ -126,9 +126,9 @@ def generate(
                                                                        "dynamic tree keeping the k best nodes per depth."),
     index: Optional[Path] = typer.Option(None, "--index", help="rest/sense: datastore folder from build-index."),
     neighbours: Optional[int] = typer.Option(None, "--neighbours", help="sense: datastore neighbours per step (default 32)."),
-    min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="sense: cosine floor for a neighbour (default 0.3)."),
+    min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="sense: cosine floor for a neighbour (default 0.1)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="sense: draft only when the best candidate's evidence "
-                                                                        "reaches this (default 0.5; 0 = always draft)."),
+                                                                        "reaches this (default 0.25; 0 = always draft)."),
     align: Optional[str] = typer.Option(None, "--align", help="sense: exact (a datastore neighbour drafts only when the "
                                         "pending token followed it) | shift (else aligned to it: a synonym or a few "
                                         "extra stored tokens; the default)."),

@@ -191,12 +191,7 @@ class SenseProposer(Proposer):
         for score, cont in zip(scores.tolist(), conts):
             if score < self.cfg.min_similarity or int(cont[0]) != pending:
                 continue
-            draft = cont[1: 1 + length]  # [<= L - 1]
-            end = np.flatnonzero(draft < 0)
-            if end.size:
-                draft = draft[: int(end[0])]
-            if draft.size:
-                merged[tuple(int(t) for t in draft)].append((self.cfg.datastore_weight, score))
+            if _add_draft(merged, cont[1: 1 + length], self.cfg.datastore_weight, score):
                 best = max(best, score)
         return best
 
@@ -211,12 +206,7 @@ class SenseProposer(Proposer):
             start = shift_start(cont, pending, self.cfg.align_window)
             if start is None:
                 continue
-            draft = cont[start: start + length]  # [<= length]
-            end = np.flatnonzero(draft < 0)
-            if end.size:
-                draft = draft[: int(end[0])]
-            if draft.size:
-                merged[tuple(int(t) for t in draft)].append((weight, score))
+            _add_draft(merged, cont[start: start + length], weight, score)
 
     def _from_context(self, query: torch.Tensor, hidden: torch.Tensor, tokens: list[int],
                       merged: Evidence, length: int) -> None:
@@ -259,6 +249,18 @@ class SenseProposer(Proposer):
             scored = {seq: sum(w * math.exp(self.cfg.sharpness * (s - best)) for w, s in ev) for seq, ev in merged.items()}
         ranked = sorted(scored.items(), key=lambda kv: -kv[1])[: self.cfg.max_candidates]
         return Candidates([list(seq) for seq, _ in ranked], [score for _, score in ranked], depth_decay=self.cfg.depth_decay)
+
+
+def _add_draft(merged: Evidence, draft: np.ndarray, weight: float, score: float) -> bool:
+    """Record a stored continuation `draft` [<= length] (cut where its document ends, -1) as
+    evidence (weight, score); False when nothing is left of it."""
+    end = np.flatnonzero(draft < 0)
+    if end.size:
+        draft = draft[: int(end[0])]
+    if not draft.size:
+        return False
+    merged[tuple(int(t) for t in draft)].append((weight, score))
+    return True
 
 
 def shift_start(cont: np.ndarray, pending: int, window: int) -> int | None:
