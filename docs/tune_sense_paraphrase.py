@@ -5,11 +5,14 @@
     .venv/bin/python docs/tune_sense_paraphrase.py eval   # pld, rest, sense --preset strict and the defaults
     .venv/bin/python docs/tune_sense_paraphrase.py gate tune|eval  # the soft gate: a grid (tune) or the
                                                                    # chosen settings (eval), live decoding
+    .venv/bin/python docs/tune_sense_paraphrase.py layers tune     # sense's defaults keyed on other layers
 
 Embedded model, one thread, trace replay (node budget 16, adaptive draft policy, 128 new tokens):
 the same library calls `specgen bench replay --suite paraphrase` makes, looped over settings
 (replay takes one config per method). Traces are cached in $TMPDIR/para_<split>.pt (or
 $SPECGEN_TRACES); $SPECGEN_MODEL names another target, $SPECGEN_LIMIT caps paraphrases per category.
+`layers` rebuilds the datastore keyed on decoder layers at 1/2, 3/4 and
+the last of the target's depth (cached beside the final-layer one) and re-keys the traces there.
 The gate is lossy, so it is decoded live (greedy, the default sizing) and compared with the
 recorded `ar` answer: tau, exact match, ROUGE-L and the target's embedding cosine.
 """
@@ -32,7 +35,7 @@ from specgen.proposers.registry import get_method, make_config
 TUNED: dict = {}
 STRICT = dict(preset="strict")
 ALIGN_GRID = [dict(align="exact"), {}, dict(align_window=1), dict(align_min_similarity=0.3), dict(align_k=32),
-              dict(align_below=3.0)]
+              dict(align_below=3.0), dict(depth_decay=0.8), dict(depth_decay=1.0)]
 # The ranking options added in the fifth session, each on top of the first grid's best point.
 RANKING_GRID = [dict(min_score=0.25, min_similarity=0.1, datastore_weight=1.0, **opts) for opts in (
     {}, dict(depth_decay=0.7), dict(sharpness=5.0), dict(depth_decay=0.7, sharpness=5.0),
@@ -68,6 +71,29 @@ def gate(bundle: object, traces: list, index: str, split: str) -> None:
               f"{json.dumps(opts)}", flush=True)
 
 
+def layers(bundle: object, traces: list, index: str, tau: object) -> None:
+    """sense's defaults over datastores keyed on other layers (the traces re-keyed to match)."""
+    from pathlib import Path
+
+    from specgen.bench.replay import Trace
+    from specgen.datastore.build import IndexBuildConfig, build_index, hidden_states
+
+    depth = int(bundle.model.config.num_hidden_layers)
+    print(f"{tau(traces, 'sense', index=index):.3f}  sense, final normed state (layer -1)", flush=True)
+    for layer in sorted({depth // 2, 3 * depth // 4, depth - 1}):
+        folder = Path(index).parent / f"index-layer{layer}"
+        if not (folder / "manifest.json").is_file():
+            build_index(bundle.model, bundle.tokenizer, Path(index).parent / "corpus.jsonl", folder,
+                        IndexBuildConfig(layer=layer), model_identity=bundle.identity())
+        keyed = []
+        for t in traces:
+            seq = torch.tensor([t.prompt_ids + t.output_ids[:-1]])  # [1, P + T - 1]
+            with torch.inference_mode():
+                hidden = hidden_states(bundle.model, seq, None, layer)[0].float()  # [P + T - 1, H]
+            keyed.append(Trace(t.question_id, t.category, t.prompt_ids, t.output_ids, hidden, layer))
+        print(f"{tau(keyed, 'sense', index=str(folder)):.3f}  sense, decoder layer {layer} of {depth}", flush=True)
+
+
 def main(split: str, mode: str = "replay") -> None:
     torch.set_num_threads(1)
     bundle = load_model(os.environ.get("SPECGEN_MODEL"))
@@ -86,10 +112,17 @@ def main(split: str, mode: str = "replay") -> None:
         return
     policy = DraftPolicyConfig(mode="adaptive")
 
-    def tau(method: str, **opts: object) -> float:
+    def replayed(over: list, method: str, **opts: object) -> float:
         cfg, spec = make_config(method, opts), get_method(method)
-        return replay_all(lambda: spec.factory(bundle, cfg), traces, 16, policy)["overall"].tau
+        return replay_all(lambda: spec.factory(bundle, cfg), over, 16, policy)["overall"].tau
 
+    def tau(method: str, **opts: object) -> float:
+        return replayed(traces, method, **opts)
+
+    if mode == "layers":
+        print(f"{tau('rest', index=index):.3f}  rest", flush=True)
+        layers(bundle, traces, index, replayed)
+        return
     rows = [("pld", {}, tau("pld")), ("rest", {}, tau("rest", index=index))]
     grid = ([dict(STRICT, min_score=a, min_similarity=b, datastore_weight=c)
              for a, b, c in itertools.product((0.0, 0.25, 0.5), (0.1, 0.3, 0.5), (0.5, 1.0, 2.0))]
@@ -102,4 +135,4 @@ def main(split: str, mode: str = "replay") -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:] or ["tune"]
-    main(args[-1], "gate" if args[0] == "gate" else "replay")
+    main(args[-1], args[0] if args[0] in ("gate", "layers") else "replay")
