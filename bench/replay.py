@@ -201,26 +201,35 @@ def _ceiling_steps(tr: Trace, index: Any, max_len: int, use_context: bool,
                    shifted: np.ndarray | None = None, shift_window: int = 0) -> tuple[int, int]:
     """(tokens after prefill, oracle steps) of one trace (see `retrieval_ceiling`); `shifted`:
     every key's value [N, >= max_len + shift_window + 1] (`_padded_values`), None = exact only."""
-    from ..adapter import common_prefix
-
     seq, out, p = tr.prompt_ids + tr.output_ids, tr.output_ids, len(tr.prompt_ids)
     i = steps = 0  # out[i] is pending: out[0] came from prefill
     while i < len(out) - 1:
-        future = out[i + 1: i + 1 + max_len]
-        best = 0
-        if index is not None:
-            for cont in index.continuations(index.postings(out[i]))[:, 1: 1 + max_len]:  # [m, <= max_len]
-                best = max(best, common_prefix(cont.tolist(), future))
-        if shifted is not None:
-            best = max(best, _best_shifted(shifted, out[i], future, shift_window))
-        if use_context:
-            n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
-            for j in range(n - 1):
-                if seq[j + 1] == out[i]:
-                    best = max(best, common_prefix(seq[j + 2: min(j + 2 + max_len, n + 1)], future))
-        i += best + 1
+        i += oracle_accept(seq, p, i, index, max_len, use_context, shifted, shift_window) + 1
         steps += 1
     return len(out) - 1, steps
+
+
+def oracle_accept(seq: list[int], p: int, i: int, index: Any, max_len: int, use_context: bool,
+                  shifted: np.ndarray | None = None, shift_window: int = 0) -> int:
+    """Tokens after answer position i of `seq` (prompt of length `p` + answer; seq[p + i] pending)
+    that the best single stored continuation agrees on, up to `max_len`: a key's value in `index`
+    that followed the pending token, every key's value `shifted` aligned as `shift_start` aligns it,
+    and (`use_context`) a committed position's continuation (see `retrieval_ceiling`)."""
+    from ..adapter import common_prefix
+
+    pending, future = seq[p + i], seq[p + i + 1: p + i + 1 + max_len]
+    best = 0
+    if index is not None:
+        for cont in index.continuations(index.postings(pending))[:, 1: 1 + max_len]:  # [m, <= max_len]
+            best = max(best, common_prefix(cont.tolist(), future))
+    if shifted is not None:
+        best = max(best, _best_shifted(shifted, pending, future, shift_window))
+    if use_context:
+        n = p + i  # positions with KV: seq[:n]; seq[n] is the pending token
+        for j in range(n - 1):
+            if seq[j + 1] == pending:
+                best = max(best, common_prefix(seq[j + 2: min(j + 2 + max_len, n + 1)], future))
+    return best
 
 
 def _padded_values(index: Any, width: int) -> np.ndarray:

@@ -21,7 +21,8 @@ import torch
 
 from specgen.adapter import common_prefix
 from specgen.bench.paraphrase import ensure_datastore, load_pairs, split_pairs
-from specgen.bench.replay import Trace, _best_shifted, _padded_values, read_traces
+from specgen.bench.replay import Trace, _padded_values, oracle_accept, read_traces
+from specgen.decoding.accept import walk
 from specgen.decoding.tree import Tree, build_tree
 from specgen.models import load_model
 from specgen.proposers.base import ProposeContext
@@ -31,27 +32,9 @@ MAX_LEN, BUDGET, WINDOW = 15, 16, 3
 
 
 def tree_accept(tree: Tree, future: list[int]) -> int:
-    """Tokens of `future` the greedy walk down `tree` accepts."""
-    node = n = 0
-    while n < len(future):
-        match = [c for c in tree.children[node] if tree.token_list[c] == future[n]]
-        if not match:
-            break
-        node, n = match[0], n + 1
-    return n
-
-
-def oracle(index: object, values: object, seq: list[int], p: int, i: int, future: list[int]) -> int:
-    """Longest agreement of any stored continuation with `future` at answer position i."""
-    pending = seq[p + i]
-    best = _best_shifted(values, pending, future, WINDOW)
-    for cont in index.continuations(index.postings(pending))[:, 1: 1 + MAX_LEN]:  # [m, <= MAX_LEN]
-        best = max(best, common_prefix(cont.tolist(), future))
-    n = p + i
-    for j in range(n - 1):
-        if seq[j + 1] == pending:
-            best = max(best, common_prefix(seq[j + 2: min(j + 2 + MAX_LEN, n + 1)], future))
-    return best
+    """Tokens of `future` the loop's greedy walk down `tree` accepts (the recorded answer as the target)."""
+    depth = tree.depth_list
+    return len(walk(tree, lambda node: future[depth[node]] if depth[node] < len(future) else -1).path) - 1
 
 
 def main(split: str) -> None:
@@ -73,7 +56,7 @@ def main(split: str) -> None:
                                  hidden=tr.hidden[p + i - 1], context_hidden=tr.hidden[: p + i])
             cands = proposer.propose(ctx)
             positions += 1
-            total["oracle"] += oracle(proposer.index, values, seq, p, i, future)
+            total["oracle"] += oracle_accept(seq, p, i, proposer.index, MAX_LEN, True, values, WINDOW)
             if not len(cands):
                 empty += 1
                 continue

@@ -31,7 +31,7 @@ from specgen.models import load_model
 from specgen.proposers.registry import get_method, make_config
 
 # The best on the tune half became the defaults (specgen/proposers/sense.py SENSE_PRESETS); the first
-# two grids vary the earlier defaults (--preset strict), the alignment grid the current ones.
+# two grids vary the earlier defaults (--preset strict), the alignment grid (with two depth decays) the current ones.
 TUNED: dict = {}
 STRICT = dict(preset="strict")
 ALIGN_GRID = [dict(align="exact"), {}, dict(align_window=1), dict(align_min_similarity=0.3), dict(align_k=32),
@@ -75,8 +75,8 @@ def layers(bundle: object, traces: list, index: str, tau: object) -> None:
     """sense's defaults over datastores keyed on other layers (the traces re-keyed to match)."""
     from pathlib import Path
 
-    from specgen.bench.replay import Trace
-    from specgen.datastore.build import IndexBuildConfig, build_index, hidden_states
+    from specgen.bench.replay import record_trace
+    from specgen.datastore.build import IndexBuildConfig, build_index
 
     depth = int(bundle.model.config.num_hidden_layers)
     print(f"{tau(traces, 'sense', index=index):.3f}  sense, final normed state (layer -1)", flush=True)
@@ -85,12 +85,7 @@ def layers(bundle: object, traces: list, index: str, tau: object) -> None:
         if not (folder / "manifest.json").is_file():
             build_index(bundle.model, bundle.tokenizer, Path(index).parent / "corpus.jsonl", folder,
                         IndexBuildConfig(layer=layer), model_identity=bundle.identity())
-        keyed = []
-        for t in traces:
-            seq = torch.tensor([t.prompt_ids + t.output_ids[:-1]])  # [1, P + T - 1]
-            with torch.inference_mode():
-                hidden = hidden_states(bundle.model, seq, None, layer)[0].float()  # [P + T - 1, H]
-            keyed.append(Trace(t.question_id, t.category, t.prompt_ids, t.output_ids, hidden, layer))
+        keyed = [record_trace(bundle, t.question_id, t.category, t.prompt_ids, t.output_ids, layer) for t in traces]
         print(f"{tau(keyed, 'sense', index=str(folder)):.3f}  sense, decoder layer {layer} of {depth}", flush=True)
 
 
