@@ -56,6 +56,9 @@ class ReplayStats:
     accept_lengths: list[int] = field(default_factory=list)  # tokens emitted per step
     draft_sizes: list[int] = field(default_factory=list)  # draft nodes verified per step (0 = plain step)
     cost: float = 0.0  # summed relative forward cost of the steps (with a cost profile; plain step = 1)
+    # Summed wall time of proposing and building each step's tree (the verifier reads the trace, so
+    # this is the draft overhead a live step adds to its forward; one machine, one run).
+    plan_s: float = 0.0
 
     @property
     def estimated_speedup(self) -> float:
@@ -75,6 +78,7 @@ class ReplayStats:
         self.accept_lengths += other.accept_lengths
         self.draft_sizes += other.draft_sizes
         self.cost += other.cost
+        self.plan_s += other.plan_s
         return self
 
 
@@ -162,6 +166,7 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
         stats.accepted += rec.accepted
         stats.accept_lengths.append(rec.emitted)
         stats.draft_sizes.append(rec.drafted)
+        stats.plan_s += rec.t_propose
     return stats
 
 

@@ -314,12 +314,14 @@ def replay(
     for c in cats:
         table.add_column(c, justify="right")
     table.add_column("nodes/step", justify="right")
+    table.add_column("plan ms/step", justify="right")
     for label, per_cat in results.items():
         o = per_cat["overall"]
-        table.add_row(label, *(f"{per_cat[c].tau:.2f}" for c in cats), f"{o.drafted / max(1, o.steps):.1f}")
+        table.add_row(label, *(f"{per_cat[c].tau:.2f}" for c in cats), f"{o.drafted / max(1, o.steps):.1f}",
+                      f"{1000 * o.plan_s / max(1, o.steps):.2f}")
     # The most any retriever over this datastore and the live context could reach (one path per step).
     for label, ceiling in ceiling_table(traces, index, budget_list).items():
-        table.add_row(label, *(f"{ceiling.get(c, 0.0):.2f}" for c in cats), "-")
+        table.add_row(label, *(f"{ceiling.get(c, 0.0):.2f}" for c in cats), "-", "-")
     Console().print(table)
 
 

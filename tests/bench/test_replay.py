@@ -56,6 +56,7 @@ def test_replay_counts_the_steps_the_loop_takes(bundle: Any, method: str, cfg: A
     assert got.tokens == len(live.token_ids) - 1  # the first token comes from prefill
     assert got.accepted == live.stats.accepted
     assert got.drafted == live.stats.drafted
+    assert got.plan_s > 0  # every step's proposing and tree building is timed
     if get_method(method).factory(bundle, cfg).self_gated:
         # the policy defers to a self-gated proposer: it never skips; the proposer drafts at some steps only
         assert live.stats.draft_skipped == 0 and 0 < got.drafted and 0 in got.draft_sizes
@@ -169,9 +170,11 @@ def test_replay_cli_on_the_real_model() -> None:
     assert res.exit_code == 0, res.output
     for label in ("pld@2", "pld@8", "sense@2", "sense@8", "ceiling@2", "ceiling@8", "overall"):
         assert label in res.stdout
-    # the ceiling row bounds every replayed method at the same budget (overall column, before nodes/step)
-    overall = {line.split("│")[1].strip(): float(line.split("│")[-3]) for line in res.stdout.splitlines()
-               if line.count("│") > 3 and "@" in line}
+    # the ceiling row bounds every replayed method at the same budget (overall column, before nodes/step
+    # and plan ms/step); each method's planning time is a positive number of milliseconds per step
+    rows = [line.split("│") for line in res.stdout.splitlines() if line.count("│") > 3 and "@" in line]
+    overall = {cells[1].strip(): float(cells[-4]) for cells in rows}
+    assert all(float(cells[-2]) > 0 for cells in rows if not cells[1].strip().startswith("ceiling"))
     for budget in (2, 8):
         assert max(overall[f"pld@{budget}"], overall[f"sense@{budget}"]) <= overall[f"ceiling@{budget}"]
     bad = runner.invoke(app, ["bench", "replay", "--methods", "specguard"])
