@@ -175,10 +175,7 @@ class SemanticIndex:
         """Fused dot-product top-k over all keys (the [B, N] score matrix is never written)."""
         from ..kernels import similarity_topk
 
-        if self._device_keys is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._device_keys = torch.from_numpy(np.array(self.keys, copy=True)).to(device)  # [N, d] fp16
-        keys = self._device_keys
+        keys = self._keys_on_device()  # [N, d] fp16
         kk = min(k, keys.shape[0])
         scores, ids = similarity_topk(torch.from_numpy(q).to(keys.device), keys, kk)  # [B, kk], [B, kk]
         scores_np = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
@@ -186,6 +183,13 @@ class SemanticIndex:
         scores_np[:, :kk] = scores.float().cpu().numpy()
         ids_np[:, :kk] = ids.cpu().numpy()
         return scores_np, ids_np
+
+    def _keys_on_device(self) -> torch.Tensor:
+        """[N, d] fp16: every key, copied once to the device the exact kernel search runs on."""
+        if self._device_keys is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._device_keys = torch.from_numpy(np.array(self.keys, copy=True)).to(device)  # [N, d] fp16
+        return self._device_keys
 
     def postings(self, token: int) -> np.ndarray:
         """[m] ids of the keys whose stored continuation starts with `token` (the token that followed them)."""
@@ -214,10 +218,18 @@ class SemanticIndex:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         q = torch.from_numpy(self.prepare(query)[0])  # [d]
         ids = np.sort(ids)  # ascending ids read the memmap in order
-        rows = torch.from_numpy(np.asarray(self.keys[ids], dtype=np.float32))  # [m, d]
-        # torch, not numpy: a numpy matmul wakes the BLAS thread pool, whose threads keep spinning
-        # after the call and steal the cores from the model's next forward (2x slower steps here).
-        scores = (rows @ q).numpy()  # [m]
+        if self._use_kernel(k):
+            # The keys already live where the exact global search runs (a GPU): gather there, not
+            # from the host memory map, and bring back only the m scores.
+            keys = self._keys_on_device()  # [N, d] fp16
+            rows = keys.index_select(0, torch.from_numpy(ids).to(keys.device)).float()  # [m, d]
+            scores = (rows @ q.to(keys.device)).cpu().numpy()  # [m]
+        else:
+            # fp16 -> fp32 in torch, not numpy: 2.5x faster (3000 x 576 rows, 4.8 -> 2.0 ms on this CPU).
+            # The matmul in torch too: a numpy matmul wakes the BLAS thread pool, whose threads keep
+            # spinning after the call and steal the cores from the model's next forward.
+            rows = torch.from_numpy(np.asarray(self.keys[ids])).float()  # [m, d]
+            scores = (rows @ q).numpy()  # [m]
         kk = min(k, scores.shape[0])
         top = np.argpartition(-scores, kk - 1)[:kk] if kk < scores.shape[0] else np.arange(scores.shape[0])
         top = top[np.argsort(-scores[top], kind="stable")]  # [kk] best first

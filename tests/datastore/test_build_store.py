@@ -246,9 +246,14 @@ def test_kernel_search_matches_faiss(big_index: Path, tok: Any, model: Any, kern
     assert np.all(got_i[distinct] == want_i[distinct])
 
 
-def test_token_conditioned_search_matches_faiss_on_the_posting_list(big_index: Path, tok: Any, model: Any) -> None:
+@pytest.mark.parametrize("search", ["faiss", "kernel"])
+def test_token_conditioned_search_matches_faiss_on_the_posting_list(big_index: Path, tok: Any, model: Any, search: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact over the posting list, from the host memory map or (`kernel`: where the global kernel
+    search keeps the keys, a GPU; here the CPU) from the device copy of the keys."""
     import faiss
 
+    monkeypatch.setenv("SPECGEN_SEARCH", search)
     idx = SemanticIndex.load(big_index)
     ids = idx.tokens[:512].tolist()
     hs = _doc_hidden(model, ids)  # [512, H]
@@ -265,6 +270,7 @@ def test_token_conditioned_search_matches_faiss_on_the_posting_list(big_index: P
         assert np.all(first[got] == token) and got.size == want_i.shape[1]
         np.testing.assert_allclose(scores, want_s[0], atol=1e-4)  # same scores: ids may differ only on ties
         assert got[0] == p or np.allclose(keys[got[0]], keys[p], atol=1e-3)  # its own position first
+    assert (idx._device_keys is not None) == (search == "kernel")  # which path ran
     common = int(np.bincount(first[first >= 0]).argmax())
     assert idx.search_followed_by(hs[0], common, k=8, max_rows=1) is None  # too many keys: caller falls back
     s, i = idx.search_followed_by(hs[0], 10**6, k=8)  # a token that never occurs
