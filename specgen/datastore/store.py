@@ -157,14 +157,16 @@ class SemanticIndex:
 
         `SPECGEN_SEARCH=kernel` forces it (on CPU the kernel dispatcher then picks Triton under
         TRITON_INTERPRET, or the torch reference), `faiss` forbids it; `auto` (default) uses it for a
-        flat index on CUDA when the keys fit in a quarter of the free device memory.
+        flat index on CUDA when the keys fit in a quarter of the free device memory, decided once:
+        after the copy the free memory is smaller by the keys themselves, and the token-conditioned
+        search asks at every step.
         """
         mode = os.environ.get("SPECGEN_SEARCH", "auto")
         if mode not in ("auto", "kernel", "faiss"):
             raise SpecgenError(f"SPECGEN_SEARCH must be auto, kernel or faiss, got '{mode}'")
         if mode == "faiss" or k > 64 or len(self) == 0:
             return False
-        if mode == "kernel":
+        if mode == "kernel" or self._device_keys is not None:
             return True
         if self.manifest.index["type"] != "flat" or not torch.cuda.is_available():
             return False

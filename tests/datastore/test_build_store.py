@@ -239,6 +239,10 @@ def test_kernel_search_matches_faiss(big_index: Path, tok: Any, model: Any, kern
     idx = SemanticIndex.load(big_index)
     got_s, got_i = idx.search(hs, k=8)
     assert idx._device_keys is not None, "the kernel path was not taken"
+    monkeypatch.setenv("SPECGEN_SEARCH", "auto")
+    assert idx._use_kernel(8), "keys already copied to the device keep being searched there"
+    monkeypatch.setenv("SPECGEN_SEARCH", "faiss")
+    assert not idx._use_kernel(8)
     np.testing.assert_allclose(got_s, want_s, atol=2e-3)
     # Ids agree wherever the score is not tied with a neighbour within tolerance.
     distinct = np.abs(np.diff(want_s, axis=1, prepend=np.inf)) > 2e-3
