@@ -12,7 +12,8 @@ similarity. A linear scorer, softmax over one position's candidates, is fitted (
 on every position of the tune half's traces against a soft target softmax(2 * tokens agreed). Its
 softmax probabilities then replace sense's scores in the trie, and the loop's replay (node budget
 16, adaptive draft policy) gives tau on both halves, beside sense's own scores, for three depth
-decays. Traces as docs/tune_sense_paraphrase.py records them (default $TMPDIR/para_<split>.pt);
+decays. sense runs without its transition source (`transition: false`: added after this experiment,
+which re-derives the other three sources only). Traces as docs/tune_sense_paraphrase.py records them (default $TMPDIR/para_<split>.pt);
 one thread.
 """
 import math
@@ -121,7 +122,7 @@ def main() -> None:
         index = str(ensure_datastore(bundle, split_pairs(load_pairs(), split)))
         path = os.environ.get(f"SPECGEN_TRACES_{split.upper()}") or os.path.join(tempfile.gettempdir(), f"para_{split}.pt")
         halves[split] = (index, [Trace(**t) for t in read_traces(path)["traces"]])
-    cfg = make_config("sense", {"index": halves["tune"][0]})
+    cfg = make_config("sense", {"index": halves["tune"][0], "transition": False})
     w = fit(positions(ScoredSense(cfg, get_method("sense").factory(bundle, cfg).index), halves["tune"][1]))
     print("weights", [round(x, 3) for x in w.tolist()])
     policy = DraftPolicyConfig(mode="adaptive")
@@ -129,7 +130,7 @@ def main() -> None:
         for decay in (0.7, 0.85, 1.0):
             taus = []
             for index, traces in halves.values():
-                cfg = make_config("sense", {"index": index})
+                cfg = make_config("sense", {"index": index, "transition": False})
                 made = get_method("sense").factory(bundle, cfg)
 
                 def make() -> ScoredSense:

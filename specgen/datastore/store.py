@@ -52,6 +52,8 @@ class SemanticIndex:
         self._suffix: SuffixArray | None = None
         self._device_keys: torch.Tensor | None = None  # [N, d] keys on the kernel's device, lazily
         self._postings: tuple[np.ndarray, np.ndarray] | None = None  # key ids by next token, lazily
+        # What callers derive from the keys once per loaded index (sense's transition map), by name.
+        self.derived: dict[str, Any] = {}
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -147,7 +149,12 @@ class SemanticIndex:
 
     def search(self, queries: torch.Tensor | np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` neighbours of raw hidden states [B, H]: (scores [B, k] cosine, ids [B, k]; -inf/-1 pad)."""
-        q = self.prepare(queries)  # [B, d]
+        return self.search_prepared(self.prepare(queries), k)
+
+    def search_prepared(self, q: np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """`search` for queries already in key space [B, d] (projected, normalised, fp32)."""
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        assert q.ndim == 2 and q.shape[1] == self.manifest.dim, f"prepared queries must be [B, {self.manifest.dim}]"
         if self._use_kernel(k):
             return self._kernel_search(q, k)
         return ann.search_index(self.manifest.index["type"], self.index, self.keys, self.manifest.index["params"], q, k)

@@ -231,8 +231,11 @@ def test_sense_presets_under_explicit_options() -> None:
     strict = make_config("sense", {"preset": "strict"})  # the earlier defaults
     assert (strict.min_score, strict.min_similarity, strict.datastore_weight) == (0.5, 0.3, 0.5)
     assert (strict.depth_decay, strict.sharpness, strict.match_bonus, strict.align) == (1.0, 0.0, 0.0, "exact")
+    assert default.transition and not strict.transition
     for bad in ({"depth_decay": 0.0}, {"depth_decay": 1.5}, {"sharpness": -1.0}, {"match_max": 0}, {"align": "fuzzy"},
-                {"align_window": 0}, {"align_k": 0}, {"align_weight": -1.0}, {"align_min_similarity": 2.0}):
+                {"align_window": 0}, {"align_k": 0}, {"align_weight": -1.0}, {"align_min_similarity": 2.0},
+                {"transition_k": 0}, {"transition_weight": -0.5}, {"transition_ridge": 0.0},
+                {"transition_min_similarity": 1.5}, {"transition_fit_rows": 0}):
         with pytest.raises(SpecgenError):
             make_config("sense", bad)
     assert make_config("sense", {"preset": "strict", "min_score": 0.4}).min_score == 0.4
