@@ -43,6 +43,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sense-gate-hidden": ("sense", {"gate_enabled": True, "gate_signal": "hidden"}),
     "sense-focused": ("sense", {"preset": "focused"}),
     "sense-strict": ("sense", {"preset": "strict"}),
+    "sense-shift": ("sense", {"preset": "shift"}),
     "specguard-conf": ("specguard", {"signals": "confidence"}),
     "specguard-ground": ("specguard", {"signals": "grounding"}),
     "specguard-paper": ("specguard", {"preset": "paper"}),

@@ -45,7 +45,8 @@ class TransitionMap:
         q = torch.from_numpy(np.asarray(query, dtype=np.float32).reshape(-1))  # [d]
         assert q.shape[0] + self.embeddings.shape[1] + 1 == self.weight.shape[0], "query width != map width"
         e = torch.nn.functional.normalize(self.embeddings[token].detach().to("cpu", torch.float32), dim=0)  # [H]
-        out = torch.cat([q, e, torch.ones(1)]) @ self.weight  # [d]
+        d = q.shape[0]
+        out = q @ self.weight[:d] + e @ self.weight[d:-1] + self.weight[-1]  # [d]
         return torch.nn.functional.normalize(out, dim=0).numpy()
 
 
@@ -71,18 +72,20 @@ def fit_transition(index: SemanticIndex, embeddings: torch.Tensor, ridge: float,
     if rows.size == 0:
         return None
     d, h = index.manifest.dim, int(embeddings.shape[1])
-    gram = torch.zeros(d + h + 1, d + h + 1, dtype=torch.float64)  # [F, F]
-    cross = torch.zeros(d + h + 1, d, dtype=torch.float64)  # [F, d]
+    # A host-side fit, like the FAISS search it serves: every tensor here is named onto the CPU.
+    cpu = torch.device("cpu")
+    gram = torch.zeros(d + h + 1, d + h + 1, dtype=torch.float64, device=cpu)  # [F, F]
+    cross = torch.zeros(d + h + 1, d, dtype=torch.float64, device=cpu)  # [F, d]
     for lo in range(0, rows.size, _CHUNK):
         ids = rows[lo: lo + _CHUNK]  # [c]
         nxt = torch.from_numpy(np.asarray(index.values[ids, 0], dtype=np.int64))  # [c] token after key i
         e = embeddings[nxt.to(embeddings.device)].detach().to("cpu", torch.float32)  # [c, H]
         x = torch.cat([torch.from_numpy(np.asarray(index.keys[ids])).float(),
-                       torch.nn.functional.normalize(e, dim=1), torch.ones(ids.size, 1)], 1).double()  # [c, F]
+                       torch.nn.functional.normalize(e, dim=1), torch.ones(ids.size, 1, device=cpu)], 1).double()  # [c, F]
         y = torch.from_numpy(np.asarray(index.keys[ids + 1])).double()  # [c, d]
         gram += x.T @ x
         cross += x.T @ y
-    gram += ridge * torch.eye(gram.shape[0], dtype=torch.float64)
+    gram += ridge * torch.eye(gram.shape[0], dtype=torch.float64, device=cpu)
     weight = torch.linalg.solve(gram, cross).float()  # [F, d]
     return TransitionMap(weight, embeddings)
 

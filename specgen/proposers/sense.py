@@ -46,14 +46,17 @@ Evidence = dict[tuple[int, ...], list[tuple[float, float]]]
 # Named option sets (`--preset`), under any explicit option. The defaults are the paraphrase suite's
 # choice (tune half: a small datastore of the target's own answers on the same topics; README,
 # Results): they draft on weaker evidence (min score 0.25, floor 0.1, datastore weight 1.0), rank it
-# (sharpness 5, depth decay 0.7, match bonus 0.2) and align a neighbour followed by another token
-# (`align="shift"`). Replayed at node budget 16 they lift the paraphrase eval half 1.40 -> 1.89
-# (135M) and Spec-Bench over the 160k-key sb-mix datastore 2.13 -> 2.37. "strict": the earlier
-# defaults (tuned for wall-clock on sb-mix before cost-aware sizing: draft only on strong evidence).
-# "focused" named these options before they became the defaults; it stays for earlier commands.
+# (sharpness 5, depth decay 0.7, match bonus 0.2) and search with the predicted state after the
+# pending token (`transition`). Replayed at node budget 16 they lift the paraphrase eval half
+# 1.40 -> 1.96 (135M) and Spec-Bench over the 160k-key sb-mix datastore 2.13 -> 2.42. "strict": the
+# earliest defaults (tuned for wall-clock on sb-mix before cost-aware sizing: draft only on strong
+# evidence). "shift": the defaults before `transition` (token-window alignment of neighbours
+# followed by another token instead). "focused" named the current ranking options before they
+# became the defaults; it stays for earlier commands.
 SENSE_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "focused": {},
+    "shift": {"align": "shift", "transition": False},
     "strict": {"min_score": 0.5, "min_similarity": 0.3, "datastore_weight": 0.5,
                "depth_decay": 1.0, "sharpness": 0.0, "match_bonus": 0.0, "align": "exact",
                "transition": False},
@@ -107,8 +110,10 @@ class SenseConfig:
     # tokens), else from the token after its next one (a one-for-one substitution). Shifted
     # neighbours come from a global top-`align_k` search, floor `align_min_similarity`, and weigh
     # `align_weight` times an aligned datastore neighbour. Replayed on the paraphrase suite's tune
-    # half (135M, budget 16): 1.812 -> 1.94 (README, Results).
-    align: str = "shift"
+    # half (135M, budget 16): 1.812 -> 1.94 (README, Results). The transition source below finds
+    # such neighbours in hidden-state space and replaces it (1.936 -> 2.056 with "exact"; "shift"
+    # on top adds 0.01 for a second global search).
+    align: str = "exact"
     align_k: int = 16
     align_min_similarity: float = 0.4
     align_window: int = 3
@@ -122,16 +127,17 @@ class SenseConfig:
     # on the datastore's consecutive keys predicts the state after the pending token from the query
     # and that token; datastore keys and live-context positions near the prediction draft what
     # followed them. Replayed at budget 16 (tune halves; README, Results): paraphrase 135M
-    # 1.94 -> 2.06, Qwen2.5-Coder-1.5B 2.24 -> 2.39; Spec-Bench on sb-mix 2.36 -> 2.41. Needs a
+    # 1.94 -> 2.06, Qwen2.5-Coder-1.5B 2.24 -> 2.34; Spec-Bench on sb-mix 2.36 -> 2.42. Needs a
     # datastore to fit on; fitted once per datastore and cached in its folder.
     transition: bool = True
     transition_k: int = 16  # datastore keys, and context positions, near the prediction
     transition_min_similarity: float = 0.4
-    transition_weight: float = 0.5  # datastore hits weigh this times `datastore_weight` (context hits: `context_weight`)
-    # The datastore side is a global search, as the shifted one: only while the best exact
-    # neighbour's evidence is under this (sb-mix: 2.43 at 0.7, 2.41 at every step; the paraphrase
-    # tune halves lose 0.03 on the 1.5B at 0.7 and nothing at 1.2).
-    transition_below: float = 1.2
+    transition_weight: float = 1.0  # datastore hits weigh this times `datastore_weight` (context hits: `context_weight`)
+    # The datastore side is a global search (every key: ~9 ms over 160k flat keys on this CPU, a
+    # 135M step is ~50 ms): only while the best exact neighbour's evidence is under this. At 0.7
+    # sb-mix plans in 6.3 ms/step as before the source (6.7), at 1.2 in 12.6 for 0.02 more tau
+    # (the 1.5B's paraphrase tune half: 0.02 more too).
+    transition_below: float = 0.7
     transition_ridge: float = 1.0  # the fit's L2 penalty (normal equations over unit-norm features)
     transition_fit_rows: int = 32768  # consecutive key pairs sampled for the fit
     max_draft_len: int = 15  # tokens per candidate (datastore: at most continuation_len - 1)

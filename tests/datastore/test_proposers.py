@@ -226,7 +226,9 @@ def test_gate_on_accepts_non_matching_drafts_and_is_reproducible(signal: str, te
 def test_sense_presets_under_explicit_options() -> None:
     default = SenseConfig()
     assert (default.min_score, default.min_similarity, default.datastore_weight) == (0.25, 0.1, 1.0)
-    assert (default.depth_decay, default.sharpness, default.match_bonus, default.align) == (0.7, 5.0, 0.2, "shift")
+    assert (default.depth_decay, default.sharpness, default.match_bonus, default.align) == (0.7, 5.0, 0.2, "exact")
+    shift = make_config("sense", {"preset": "shift"})  # the defaults before the transition source
+    assert (shift.align, shift.transition, shift.sharpness) == ("shift", False, 5.0)
     assert make_config("sense", {"preset": "focused"}) == make_config("sense", {"preset": "default"}) == default
     strict = make_config("sense", {"preset": "strict"})  # the earlier defaults
     assert (strict.min_score, strict.min_similarity, strict.datastore_weight) == (0.5, 0.3, 0.5)
