@@ -130,8 +130,11 @@ def generate(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="sense: draft only when the best candidate's evidence "
                                                                         "reaches this (default 0.25; 0 = always draft)."),
     align: Optional[str] = typer.Option(None, "--align", help="sense: exact (a datastore neighbour drafts only when the "
-                                        "pending token followed it) | shift (else aligned to it: a synonym or a few "
-                                        "extra stored tokens; the default)."),
+                                        "pending token followed it; the default) | shift (else aligned to it: a synonym "
+                                        "or a few extra stored tokens)."),
+    transition: Optional[str] = typer.Option(None, "--transition", help="sense: on|off: also search with the state after "
+                                             "the pending token, predicted by a linear map fitted on the datastore "
+                                             "(default on; needs --index)."),
     gate: Optional[str] = typer.Option(None, "--gate", help="sense: soft gate on|off (off = lossless)."),
     gate_alpha: Optional[float] = typer.Option(None, "--gate-alpha", help="sense gate: accept d if p(d) >= alpha p(argmax)."),
     gate_tau_e: Optional[float] = typer.Option(None, "--gate-tau-e", help="sense gate: embedding cosine floor."),
@@ -152,7 +155,8 @@ def generate(
     recompute_method: Optional[str] = typer.Option(None, "--recompute-method", help="specguard: token-level method for rejected steps."),
     preset: Optional[str] = typer.Option(None, "--preset", help="specguard: measured (default) | paper (grounding "
                                                                 "higher = better, both signals must pass); sense: "
-                                                                "default | strict (the earlier defaults: draft only on strong evidence)."),
+                                                                "default | shift (the defaults before --transition) | strict (the earliest: draft "
+                                                                "only on strong evidence)."),
     exchange: Optional[str] = typer.Option(None, "--exchange", help="specguard: auto | tokens | text (how steps cross)."),
 ) -> None:
     """Generate from a prompt, streaming text as it is accepted; statistics go to stderr."""
@@ -168,6 +172,8 @@ def generate(
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
     if gate not in (None, "on", "off"):
         raise SpecgenError(f"--gate must be on or off, got '{gate}'")
+    if transition not in (None, "on", "off"):
+        raise SpecgenError(f"--transition must be on or off, got '{transition}'")
     if calibration not in ("stored", "fresh"):
         raise SpecgenError(f"--calibration must be stored or fresh, got '{calibration}'")
     if neighbours is not None and method != "sense":
@@ -179,6 +185,7 @@ def generate(
     options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
                    draft_layers=draft_layers, tree_width=tree_width, index=str(index) if index else None,
                    k=neighbours, min_similarity=min_similarity, min_score=min_score, align=align,
+                   transition=None if transition is None else transition == "on",
                    gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
                    gate_signal=gate_signal, gate_tau_h=gate_tau_h,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,

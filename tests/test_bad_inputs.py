@@ -118,6 +118,8 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("generate", G + ["--draft-policy", "sometimes"], "--draft-policy"),
     ("generate", G + ["--method", "sense", "--gate-alpha", "2"], "--gate-alpha"),
     ("generate", G + ["--method", "sense", "--min-similarity", "nan"], "--min-similarity"),
+    ("generate", G + ["--method", "sense", "--transition", "maybe"], "--transition must be on or off"),
+    ("generate", G + ["--method", "pld", "--transition", "off"], "transition"),
     ("generate", G + ["--method", "sd", "--draft-layers", "0"], "--draft-layers"),
     ("generate", G + ["--method", "specguard", "--candidates", "0"], "--candidates"),
     ("generate", G + ["--method", "specguard", "--tau", "nan"], "--tau"),

@@ -48,7 +48,7 @@ Evidence = dict[tuple[int, ...], list[tuple[float, float]]]
 # Results): they draft on weaker evidence (min score 0.25, floor 0.1, datastore weight 1.0), rank it
 # (sharpness 5, depth decay 0.7, match bonus 0.2) and search with the predicted state after the
 # pending token (`transition`). Replayed at node budget 16 they lift the paraphrase eval half
-# 1.40 -> 1.96 (135M) and Spec-Bench over the 160k-key sb-mix datastore 2.13 -> 2.42. "strict": the
+# 1.40 -> 1.97 (135M) and Spec-Bench over the 160k-key sb-mix datastore 2.13 -> 2.42. "strict": the
 # earliest defaults (tuned for wall-clock on sb-mix before cost-aware sizing: draft only on strong
 # evidence). "shift": the defaults before `transition` (token-window alignment of neighbours
 # followed by another token instead). "focused" named the current ranking options before they
