@@ -135,7 +135,7 @@ class SenseConfig:
     transition_weight: float = 1.0  # datastore hits weigh this times `datastore_weight` (context hits: `context_weight`)
     # The datastore side is a global search (every key: ~9 ms over 160k flat keys on this CPU, a
     # 135M step is ~50 ms): only while the best exact neighbour's evidence is under this. At 0.7
-    # sb-mix plans in 6.3 ms/step as before the source (6.7), at 1.2 in 12.6 for 0.02 more tau
+    # sense plans sb-mix in 7.5 ms/step (6.8 before the source), at 1.2 in 12.6 for 0.02 more tau
     # (the 1.5B's paraphrase tune half: 0.02 more too).
     transition_below: float = 0.7
     transition_ridge: float = 1.0  # the fit's L2 penalty (normal equations over unit-norm features)
