@@ -117,6 +117,5 @@ def load_transition(index: SemanticIndex, embeddings: torch.Tensor, ridge: float
             except OSError:
                 pass  # a read-only datastore: the fit stays in this process
         index.derived[name] = cached
-    if cached.shape != (width, index.manifest.dim):
-        return None
+    assert cached.shape == (width, index.manifest.dim), "a cached map of another width: the index changed models"
     return TransitionMap(cached, embeddings)

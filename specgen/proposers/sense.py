@@ -263,9 +263,7 @@ class SenseProposer(Proposer):
             if sim < self.cfg.min_similarity:
                 break
             j = int(cand[i])
-            draft = toks[j + 2: j + 2 + length]
-            if draft.size:
-                merged[tuple(int(t) for t in draft)].append((self.cfg.context_weight, sim))
+            _add_draft(merged, toks[j + 2: j + 2 + length], self.cfg.context_weight, sim)
 
     def _from_transition(self, query: torch.Tensor, ctx: ProposeContext, merged: Evidence, length: int,
                          search_index: bool) -> None:
@@ -295,8 +293,7 @@ class SenseProposer(Proposer):
         for sim, j in zip(top.values.tolist(), top.indices.tolist()):
             if sim < cfg.transition_min_similarity:
                 break
-            draft = toks[j + 1: j + 1 + length]
-            merged[tuple(int(t) for t in draft)].append((cfg.context_weight, sim))
+            _add_draft(merged, toks[j + 1: j + 1 + length], cfg.context_weight, sim)
 
     def propose(self, ctx: ProposeContext) -> Candidates:
         length = min(self.cfg.max_draft_len, ctx.budget)
@@ -323,8 +320,8 @@ class SenseProposer(Proposer):
 
 
 def _add_draft(merged: Evidence, draft: np.ndarray, weight: float, score: float) -> bool:
-    """Record a stored continuation `draft` [<= length] (cut where its document ends, -1) as
-    evidence (weight, score); False when nothing is left of it."""
+    """Record a continuation `draft` [<= length] (a stored one is cut where its document ends, -1)
+    as evidence (weight, score); False when nothing is left of it."""
     end = np.flatnonzero(draft < 0)
     if end.size:
         draft = draft[: int(end[0])]
