@@ -46,9 +46,10 @@ class ScoredSense(SenseProposer):
         """Candidates, their features [C, 14] and best raw score; None where sense drafts nothing."""
         cfg, length = self.cfg, min(self.cfg.max_draft_len, ctx.budget)
         query = ctx.hidden.float().reshape(-1)  # [H]
+        prepared = self.index.prepare(query)[0]  # [d]
         per = {s: defaultdict(list) for s in SOURCES}
-        if self._exact(query, ctx.tokens, per["exact"], length) < cfg.align_below and cfg.align == "shift":
-            self._shifted(query, ctx.tokens[-1], per["shift"], length)
+        if self._exact(prepared, ctx.tokens, per["exact"], length) < cfg.align_below and cfg.align == "shift":
+            self._shifted(prepared, ctx.tokens[-1], per["shift"], length)
         if ctx.context_hidden is not None and ctx.context_hidden.shape[0] > 1:
             self._from_context(query, ctx.context_hidden, ctx.tokens, per["context"], length)
         weight = {"exact": cfg.datastore_weight, "shift": cfg.datastore_weight * cfg.align_weight,

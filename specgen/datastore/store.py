@@ -220,12 +220,18 @@ class SemanticIndex:
         Returns None when the list holds more than `max_rows` keys (a very frequent token in a large
         datastore): the caller then falls back to the global index.
         """
+        return self.search_followed_by_prepared(self.prepare(query)[0], token, k, max_rows)
+
+    def search_followed_by_prepared(self, query: np.ndarray, token: int, k: int,
+                                    max_rows: int = 16384) -> tuple[np.ndarray, np.ndarray] | None:
+        """`search_followed_by` for one query already in key space [d] (projected, normalised, fp32)."""
+        assert query.shape == (self.manifest.dim,), f"a prepared query must be [{self.manifest.dim}]"
         ids = self.postings(token)  # [m]
         if ids.size > max_rows:
             return None
         if ids.size == 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        q = torch.from_numpy(self.prepare(query)[0])  # [d]
+        q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))  # [d]
         ids = np.sort(ids)  # ascending ids read the memmap in order
         if self._use_kernel(k):
             # The keys already live where the exact global search runs (a GPU): gather there, not

@@ -195,23 +195,25 @@ class SenseProposer(Proposer):
         if self.index is None and not cfg.use_context:
             raise SpecgenError("sense: the datastore is off or missing and the context search is off: nothing to draft from")
 
-    def _from_datastore(self, query: torch.Tensor, tokens: list[int], merged: Evidence, length: int) -> float:
-        """Exact and (`align="shift"`) shifted neighbours; returns the best exact evidence (`_exact`)."""
+    def _from_datastore(self, query: np.ndarray, tokens: list[int], merged: Evidence, length: int) -> float:
+        """Exact and (`align="shift"`) shifted neighbours of the prepared query [d]; returns the best
+        exact evidence (`_exact`)."""
         assert self.index is not None
         best = self._exact(query, tokens, merged, length)
         if self.cfg.align == "shift" and best < self.cfg.align_below:
             self._shifted(query, tokens[-1], merged, length)
         return best
 
-    def _exact(self, query: torch.Tensor, tokens: list[int], merged: Evidence, length: int) -> float:
-        """Datastore neighbours followed by the pending token: they draft what came after it. Returns
-        the best evidence (similarity + alignment bonus) among those that drafted, -inf if none."""
+    def _exact(self, query: np.ndarray, tokens: list[int], merged: Evidence, length: int) -> float:
+        """Datastore neighbours of the prepared query [d] followed by the pending token: they draft
+        what came after it. Returns the best evidence (similarity + alignment bonus) among those
+        that drafted, -inf if none."""
         assert self.index is not None
         pending = tokens[-1]
-        found = self.index.search_followed_by(query, pending, self.cfg.k, self.cfg.conditioned_max_rows) \
+        found = self.index.search_followed_by_prepared(query, pending, self.cfg.k, self.cfg.conditioned_max_rows) \
             if self.cfg.token_conditioned else None
         if found is None:
-            scores2, ids2 = self.index.search(query.view(1, -1), k=self.cfg.k)  # [1, k], [1, k]
+            scores2, ids2 = self.index.search_prepared(query[None, :], k=self.cfg.k)  # [1, k], [1, k]
             found = (scores2[0], ids2[0])
         scores, ids = found[0].astype(np.float64), found[1]  # [k'], [k']
         keep = ids >= 0
@@ -232,10 +234,11 @@ class SenseProposer(Proposer):
                 best = max(best, score)
         return best
 
-    def _shifted(self, query: torch.Tensor, pending: int, merged: Evidence, length: int) -> None:
-        """Datastore neighbours followed by another token than `pending`, aligned to it (`SenseConfig.align`)."""
+    def _shifted(self, query: np.ndarray, pending: int, merged: Evidence, length: int) -> None:
+        """Datastore neighbours of the prepared query [d] followed by another token than `pending`,
+        aligned to it (`SenseConfig.align`)."""
         assert self.index is not None
-        scores2, ids2 = self.index.search(query.view(1, -1), k=self.cfg.align_k)  # [1, k], [1, k]
+        scores2, ids2 = self.index.search_prepared(query[None, :], k=self.cfg.align_k)  # [1, k], [1, k]
         keep = (ids2[0] >= 0) & (scores2[0] >= self.cfg.align_min_similarity)  # [k]
         scores, ids = scores2[0][keep].astype(np.float64), ids2[0][keep]  # [k'], [k']
         weight = self.cfg.datastore_weight * self.cfg.align_weight
@@ -265,13 +268,13 @@ class SenseProposer(Proposer):
             j = int(cand[i])
             _add_draft(merged, toks[j + 2: j + 2 + length], self.cfg.context_weight, sim)
 
-    def _from_transition(self, query: torch.Tensor, ctx: ProposeContext, merged: Evidence, length: int,
+    def _from_transition(self, query: np.ndarray, ctx: ProposeContext, merged: Evidence, length: int,
                          search_index: bool) -> None:
         """Datastore keys (when `search_index`) and context positions near the predicted state after
-        the pending token draft what followed them (`SenseConfig.transition`)."""
+        the pending token (from the prepared query [d]) draft what followed them (`SenseConfig.transition`)."""
         assert self.index is not None and self.transition is not None
         cfg = self.cfg
-        pred = self.transition.predict(self.index.prepare(query)[0], ctx.tokens[-1])  # [d]
+        pred = self.transition.predict(query, ctx.tokens[-1])  # [d]
         if search_index:
             scores, ids = self.index.search_prepared(pred[None, :], k=cfg.transition_k)  # [1, k], [1, k]
             keep = (ids[0] >= 0) & (scores[0] >= cfg.transition_min_similarity)  # [k]
@@ -300,14 +303,17 @@ class SenseProposer(Proposer):
         if length <= 0 or ctx.hidden is None:
             return Candidates()
         query = ctx.hidden.detach().float().reshape(-1)  # [H]
+        # Projected, normalised and on the host once per step: every datastore search and the
+        # transition map read this one copy.
+        prepared = self.index.prepare(query)[0] if self.index is not None else None  # [d]
         merged: Evidence = defaultdict(list)
         best = -math.inf
-        if self.index is not None:
-            best = self._from_datastore(query, ctx.tokens, merged, length)
+        if prepared is not None:
+            best = self._from_datastore(prepared, ctx.tokens, merged, length)
         if self.cfg.use_context and ctx.context_hidden is not None and ctx.context_hidden.shape[0] > 1:
             self._from_context(query, ctx.context_hidden, ctx.tokens, merged, length)
-        if self.transition is not None:
-            self._from_transition(query, ctx, merged, length, search_index=best < self.cfg.transition_below)
+        if self.transition is not None and prepared is not None:
+            self._from_transition(prepared, ctx, merged, length, search_index=best < self.cfg.transition_below)
         raw = {seq: sum(w * s for w, s in ev) for seq, ev in merged.items()}  # what the gate reads
         if not raw or max(raw.values()) < self.cfg.min_score:
             return Candidates()

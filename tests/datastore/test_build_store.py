@@ -274,6 +274,9 @@ def test_token_conditioned_search_matches_faiss_on_the_posting_list(big_index: P
         assert np.all(first[got] == token) and got.size == want_i.shape[1]
         np.testing.assert_allclose(scores, want_s[0], atol=1e-4)  # same scores: ids may differ only on ties
         assert got[0] == p or np.allclose(keys[got[0]], keys[p], atol=1e-3)  # its own position first
+        pre_s, pre_i = idx.search_followed_by_prepared(idx.prepare(hs[p])[0], token, k=8)  # a query already in key space
+        np.testing.assert_array_equal(pre_i, got)
+        np.testing.assert_array_equal(pre_s, scores)
     assert (idx._device_keys is not None) == (search == "kernel")  # which path ran
     common = int(np.bincount(first[first >= 0]).argmax())
     assert idx.search_followed_by(hs[0], common, k=8, max_rows=1) is None  # too many keys: caller falls back

@@ -94,7 +94,8 @@ def test_sense_shift_drafts_a_neighbour_followed_by_another_token(index: Path, t
     # floors that only the key of position t itself passes
     base = dict(index=str(index), use_context=False, min_score=0.0, min_similarity=0.99, align_min_similarity=0.99)
     exact = get_method("sense").factory(_bundle(model, tok), SenseConfig(align="exact", **base))
-    shift = get_method("sense").factory(_bundle(model, tok), SenseConfig(align="shift", **base))
+    # the transition source off: the global searches counted below are the shifted search's alone
+    shift = get_method("sense").factory(_bundle(model, tok), SenseConfig(align="shift", transition=False, **base))
     # the surface differs: where the datastore went on with doc[t + 1], this context wrote `other`
     ctx = ProposeContext(tokens=doc[: t + 1] + [other], prompt_len=10, budget=6, hidden=hs[t])
     assert doc[t + 2: t + 8] not in exact.propose(ctx).sequences
@@ -105,8 +106,8 @@ def test_sense_shift_drafts_a_neighbour_followed_by_another_token(index: Path, t
     assert doc[t + 4: t + 10] not in exact.propose(ctx3).sequences
     # the global search runs only while no exactly aligned neighbour reaches align_below
     searches: list[int] = []
-    search = shift.index.search
-    monkeypatch.setattr(shift.index, "search", lambda *a, **kw: (searches.append(1), search(*a, **kw))[1])
+    search = shift.index.search_prepared
+    monkeypatch.setattr(shift.index, "search_prepared", lambda *a, **kw: (searches.append(1), search(*a, **kw))[1])
     same = ProposeContext(tokens=doc[: t + 2], prompt_len=10, budget=6, hidden=hs[t])  # pending doc[t + 1]: key t, cos ~1
     assert doc[t + 2: t + 8] in shift.propose(same).sequences and not searches
     shift.propose(ctx)
