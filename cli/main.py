@@ -61,6 +61,13 @@ class OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _on_off(flag: str, value: str | None) -> bool | None:
+    """An on|off switch's value as a bool (None: not given); anything else is a one-line error."""
+    if value not in (None, "on", "off"):
+        raise SpecgenError(f"{flag} must be on or off, got '{value}'")
+    return None if value is None else value == "on"
+
+
 def _first_line(text: str) -> str:
     text = text.strip()
     return text.splitlines()[0] if text else "failed"
@@ -170,10 +177,7 @@ def generate(
 
     if method not in available_methods():
         raise SpecgenError(f"unknown method '{method}' (choose from {', '.join(available_methods())})")
-    if gate not in (None, "on", "off"):
-        raise SpecgenError(f"--gate must be on or off, got '{gate}'")
-    if transition not in (None, "on", "off"):
-        raise SpecgenError(f"--transition must be on or off, got '{transition}'")
+    gate_enabled, transition_on = _on_off("--gate", gate), _on_off("--transition", transition)
     if calibration not in ("stored", "fresh"):
         raise SpecgenError(f"--calibration must be stored or fresh, got '{calibration}'")
     if neighbours is not None and method != "sense":
@@ -185,8 +189,7 @@ def generate(
     options = dict(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft, draft_model=draft_model,
                    draft_layers=draft_layers, tree_width=tree_width, index=str(index) if index else None,
                    k=neighbours, min_similarity=min_similarity, min_score=min_score, align=align,
-                   transition=None if transition is None else transition == "on",
-                   gate_enabled=None if gate is None else gate == "on", gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
+                   transition=transition_on, gate_enabled=gate_enabled, gate_alpha=gate_alpha, gate_tau_e=gate_tau_e,
                    gate_signal=gate_signal, gate_tau_h=gate_tau_h,
                    step_delimiter=step_delimiter, candidates=candidates, draft_temperature=draft_temperature,
                    tau=tau, beta=beta, selector=selector, signals=signals, rule=rule, tau_confidence=tau_confidence,

@@ -13,8 +13,8 @@ on every position of the tune half's traces against a soft target softmax(2 * to
 softmax probabilities then replace sense's scores in the trie, and the loop's replay (node budget
 16, adaptive draft policy) gives tau on both halves, beside sense's own scores, for three depth
 decays. sense runs without its transition source (`transition: false`: added after this experiment,
-which re-derives the other three sources only). Traces as docs/tune_sense_paraphrase.py records them (default $TMPDIR/para_<split>.pt);
-one thread.
+which re-derives the other three sources only). Traces as docs/tune_sense_paraphrase.py records
+them (default $TMPDIR/para_<split>.pt); one thread.
 """
 import math
 import os
