@@ -26,11 +26,12 @@ import torch
 from ..datastore.build import hidden_states
 from ..decoding.accept import ExactMatch
 from ..decoding.calibration import AcceptanceModel
-from ..decoding.engine import DecodeState, HiddenBuffer, Verification, step
+from ..decoding.engine import DecodeState, Verification, step
 from ..decoding.policy import DraftPolicy, DraftPolicyConfig
 from ..decoding.sizing import CostProfile, TreeSizer, TreeSizingConfig
 from ..fileio import atomic_write_bytes
 from ..proposers.base import Proposer
+from ..rows import RowBuffer
 
 
 @dataclass
@@ -152,7 +153,7 @@ def replay(proposer: Proposer, trace: Trace, budget: int, policy: DraftPolicyCon
                         stats=GenerationStats(method=proposer.name, prompt_tokens=p),
                         policy=DraftPolicy(policy or DraftPolicyConfig(mode="always"), self_gated=proposer.self_gated),
                         sizer=sizer, node_budget=budget,
-                        hidden=HiddenBuffer(trace.hidden[:p]) if wants and proposer.wants_context_hidden else None,
+                        hidden=RowBuffer(trace.hidden[:p]) if wants and proposer.wants_context_hidden else None,
                         last_hidden=trace.hidden[p - 1] if wants and trace.hidden is not None else None)
     proposer.reset(list(trace.prompt_ids))
     verifier, rule = RecordedVerifier(trace), ExactMatch()

@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from ..proposers.base import Candidates, Proposer, ProposeContext
+from ..rows import RowBuffer
 from .accept import Acceptance
 from .policy import DraftPolicy
 from .sizing import TreeSizer
@@ -28,33 +29,6 @@ from .stopping import Stopper
 from .tree import Tree, build_tree
 
 TokenCallback = Callable[[list[int]], None]
-
-
-class HiddenBuffer:
-    """Hidden states of the committed positions, [n, H], in a preallocated device buffer grown by doubling.
-
-    Appending a step's accepted rows costs a copy of those rows only (amortised), not a `torch.cat`
-    of the whole context every step.
-    """
-
-    def __init__(self, first: torch.Tensor, capacity: int = 0) -> None:
-        n, h = first.shape  # [n, H]
-        self._buf = torch.empty(max(capacity, 2 * n, 64), h, dtype=first.dtype, device=first.device)  # [cap, H]
-        self._buf[:n] = first
-        self.n = n
-
-    def append(self, rows: torch.Tensor) -> None:
-        m = rows.shape[0]  # rows [m, H]
-        if self.n + m > self._buf.shape[0]:
-            grown = torch.empty(2 * (self.n + m), self._buf.shape[1], dtype=self._buf.dtype, device=self._buf.device)
-            grown[: self.n] = self._buf[: self.n]
-            self._buf = grown
-        self._buf[self.n:self.n + m] = rows
-        self.n += m
-
-    def view(self) -> torch.Tensor:
-        """[n, H] the hidden states so far (a view: valid until the next append)."""
-        return self._buf[: self.n]
 
 
 @dataclass
@@ -97,7 +71,7 @@ class DecodeState:
     sizer: TreeSizer
     node_budget: int
     cache: Any = None  # the verifier's KV cache (None when replaying)
-    hidden: HiddenBuffer | None = None  # [n_kv, H] when the proposer wants the context's hidden states
+    hidden: RowBuffer | None = None  # [n_kv, H] when the proposer wants the context's hidden states
     last_hidden: torch.Tensor | None = None  # [H] the hidden state that predicted the pending token
     extra: dict[str, Any] = field(default_factory=dict)  # driver-owned (e.g. the replay's recorded tokens)
 

@@ -18,9 +18,10 @@ from ..config import GenerationConfig
 from ..errors import Interrupted
 from ..linear import linear_backend
 from ..proposers.base import Proposer
+from ..rows import RowBuffer
 from .accept import ExactMatch, PositionSampler
 from .calibration import AcceptanceModel
-from .engine import AcceptRule, DecodeState, HiddenBuffer, TokenCallback, run
+from .engine import AcceptRule, DecodeState, TokenCallback, run
 from .policy import DraftPolicy
 from .profiles import cost_profile, save_refined
 from .sizing import CostProfile, TreeSizer
@@ -103,7 +104,7 @@ def start(target: Any, prompt_ids: list[int], proposer: Proposer, gen: Generatio
                         policy=DraftPolicy(gen.draft_policy, model.device.type, self_gated=proposer.self_gated),
                         sizer=TreeSizer(profile, gen.tree_sizing, timed=timed, calibration=calibration),
                         node_budget=gen.node_budget, cache=cache,
-                        hidden=HiddenBuffer(hidden, n + gen.max_new_tokens) if hidden is not None and
+                        hidden=RowBuffer(hidden, n + gen.max_new_tokens) if hidden is not None and
                         proposer.wants_context_hidden else None,
                         last_hidden=hidden[-1] if hidden is not None else None)
     proposer.reset(list(prompt_ids))

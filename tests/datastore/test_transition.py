@@ -160,3 +160,28 @@ def test_make_sense_fits_the_map_for_its_index(built: dict[str, Path], tok: Any,
     assert made.transition.weight.shape[1] == SemanticIndex.load(built["plain"]).manifest.dim
     assert get_method("sense").factory(bundle, SenseConfig(index=str(built["plain"]), transition=False)).transition is None
     assert get_method("sense").factory(bundle, SenseConfig()).transition is None  # context only: nothing to fit on
+
+
+@pytest.mark.parametrize("name", ["plain", "pca"])
+def test_context_keys_kept_across_steps_draft_as_prepared_afresh(built: dict[str, Path], tok: Any, model: Any,
+                                                                  name: str) -> None:
+    """The transition source prepares each live-context position once per request; over a growing
+    context its candidates equal those of a proposer that prepares the whole context at every step."""
+    bundle = ModelBundle(model=model, tokenizer=tok, name="tiny", path=None)
+    idx = SemanticIndex.load(built[name])
+    # every step searches with the prediction, and a low floor lets the context side draft
+    cfg = SenseConfig(index=str(built[name]), min_score=0.0, transition_below=1e9, transition_min_similarity=-1.0)
+    carried = get_method("sense").factory(bundle, cfg)
+    seq = np.asarray(idx.tokens[100:400]).tolist()  # a real token stream, so tokens repeat
+    hs = torch.randn(len(seq), idx.manifest.hidden_size, generator=torch.Generator().manual_seed(3))  # [T, H]
+    carried.reset(seq[:20])
+    drafted = 0
+    for n in range(20, 260, 7):  # positions [0, n) have KV, seq[n] is pending
+        ctx = ProposeContext(tokens=seq[: n + 1], prompt_len=20, budget=8, hidden=hs[n - 1], context_hidden=hs[:n])
+        fresh = get_method("sense").factory(bundle, cfg)
+        fresh.reset(seq[:20])
+        got, want = carried.propose(ctx), fresh.propose(ctx)
+        assert got.sequences == want.sequences
+        assert got.scores == pytest.approx(want.scores, rel=1e-5, abs=1e-6)
+        drafted += len(got)
+    assert drafted > 0
