@@ -21,7 +21,7 @@ the index folder (written atomically), so a datastore is fitted once.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,21 +32,34 @@ from .store import SemanticIndex
 _CHUNK = 4096  # rows per block of the normal equations: bounds the fit's memory at any datastore size
 
 
+_TOKEN_TERMS_BYTES = 32 << 20  # most memory a map spends on its per-token terms
+
+
 @dataclass(frozen=True)
 class TransitionMap:
     """W [d + H + 1, d] fp32 over the index's key space (d) and the target's embeddings [V, H]."""
 
     weight: torch.Tensor  # [d + H + 1, d] fp32, CPU
     embeddings: torch.Tensor  # [V, H] the target's input embeddings, any device and dtype
+    # token -> e(p) / |e(p)| @ W_e + b [d]: a pending token's whole share of the prediction. Tokens
+    # recur, and each term reads H x d weights (half of W: ~9 MB on the 1.5B), so a step whose token
+    # was seen before reads only the query's half. Oldest first out, within _TOKEN_TERMS_BYTES.
+    token_terms: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def predict(self, query: np.ndarray, token: int) -> np.ndarray:
         """A prepared query [d] (normalised, in key space) and the pending token -> the predicted
         next state [d], normalised: a query for the index and for prepared context states."""
         q = torch.from_numpy(np.asarray(query, dtype=np.float32).reshape(-1))  # [d]
         assert q.shape[0] + self.embeddings.shape[1] + 1 == self.weight.shape[0], "query width != map width"
-        e = torch.nn.functional.normalize(self.embeddings[token].detach().to("cpu", torch.float32), dim=0)  # [H]
         d = q.shape[0]
-        out = q @ self.weight[:d] + e @ self.weight[d:-1] + self.weight[-1]  # [d]
+        term = self.token_terms.get(token)  # [d]
+        if term is None:
+            e = torch.nn.functional.normalize(self.embeddings[token].detach().to("cpu", torch.float32), dim=0)  # [H]
+            term = e @ self.weight[d:-1] + self.weight[-1]  # [d]
+            if len(self.token_terms) * d * 4 >= _TOKEN_TERMS_BYTES:
+                del self.token_terms[next(iter(self.token_terms))]
+            self.token_terms[token] = term
+        out = q @ self.weight[:d] + term  # [d]
         return torch.nn.functional.normalize(out, dim=0).numpy()
 
 
@@ -118,4 +131,9 @@ def load_transition(index: SemanticIndex, embeddings: torch.Tensor, ridge: float
                 pass  # a read-only datastore: the fit stays in this process
         index.derived[name] = cached
     assert cached.shape == (width, index.manifest.dim), "a cached map of another width: the index changed models"
-    return TransitionMap(cached, embeddings)
+    # One map per (index, embeddings) in this process, so a server's requests share its token terms.
+    shared = index.derived.get(name + "#map")
+    if not (isinstance(shared, TransitionMap) and shared.weight is cached and shared.embeddings is embeddings):
+        shared = TransitionMap(cached, embeddings)
+        index.derived[name + "#map"] = shared
+    return shared

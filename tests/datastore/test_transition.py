@@ -185,3 +185,23 @@ def test_context_keys_kept_across_steps_draft_as_prepared_afresh(built: dict[str
         assert got.scores == pytest.approx(want.scores, rel=1e-5, abs=1e-6)
         drafted += len(got)
     assert drafted > 0
+
+
+def test_token_terms_kept_per_token_predict_as_the_whole_formula(built: dict[str, Path], model: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pending token's share of the prediction is computed once and kept (within a byte bound);
+    predictions equal W^T [q; e(p)/|e(p)|; 1] computed whole, and every load of the index's map in
+    the process returns the one map."""
+    idx = SemanticIndex.load(built["plain"])
+    fitted = tr.load_transition(idx, _embeddings(model), 1.0, 1000)
+    assert fitted is not None and tr.load_transition(idx, _embeddings(model), 1.0, 1000) is fitted
+    d = idx.manifest.dim
+    monkeypatch.setattr(tr, "_TOKEN_TERMS_BYTES", 3 * d * 4)  # room for three tokens' terms
+    keys = np.asarray(idx.keys[:40], dtype=np.float32)
+    tokens = [5, 7, 5, 9, 11, 5, 7, 7, 13, 5]
+    for i, t in enumerate(tokens):
+        e = torch.nn.functional.normalize(_embeddings(model)[t].detach().float(), dim=0)
+        x = torch.cat([torch.from_numpy(keys[i]), e, torch.ones(1)])  # [F]
+        want = torch.nn.functional.normalize(x @ fitted.weight, dim=0).numpy()
+        np.testing.assert_allclose(fitted.predict(keys[i], t), want, rtol=1e-4, atol=1e-5)
+        assert t in fitted.token_terms and len(fitted.token_terms) <= 3
