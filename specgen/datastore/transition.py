@@ -21,6 +21,7 @@ the index folder (written atomically), so a datastore is fitted once.
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,7 @@ class TransitionMap:
     # recur, and each term reads H x d weights (half of W: ~9 MB on the 1.5B), so a step whose token
     # was seen before reads only the query's half. Oldest first out, within _TOKEN_TERMS_BYTES.
     token_terms: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    terms_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def predict(self, query: np.ndarray, token: int) -> np.ndarray:
         """A prepared query [d] (normalised, in key space) and the pending token -> the predicted
@@ -56,9 +58,10 @@ class TransitionMap:
         if term is None:
             e = torch.nn.functional.normalize(self.embeddings[token].detach().to("cpu", torch.float32), dim=0)  # [H]
             term = e @ self.weight[d:-1] + self.weight[-1]  # [d]
-            if len(self.token_terms) * d * 4 >= _TOKEN_TERMS_BYTES:
-                del self.token_terms[next(iter(self.token_terms))]
-            self.token_terms[token] = term
+            with self.terms_lock:  # generations on several threads may share one map (load_transition)
+                if self.token_terms and len(self.token_terms) * d * 4 >= _TOKEN_TERMS_BYTES:
+                    del self.token_terms[next(iter(self.token_terms))]
+                self.token_terms[token] = term
         out = q @ self.weight[:d] + term  # [d]
         return torch.nn.functional.normalize(out, dim=0).numpy()
 
