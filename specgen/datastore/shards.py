@@ -143,6 +143,8 @@ def open_keys(folder: Path, manifest: Any) -> np.ndarray | ShardedKeys:
 
 def open_sharded_index(folder: Path, manifest: Any, keys: ShardedKeys) -> Any:
     """One FAISS index over every shard: `IndexShards` with successive ids (shard s offset by its first row)."""
+    import faiss
+
     from . import ann
 
     subs = []
