@@ -294,9 +294,6 @@ def record_suite(bundle: Any, suite: str, limit: int | None, max_new_tokens: int
 
     The greedy output is written by `pld`, which is lossless: the same tokens as `ar`, sooner.
     """
-    from ..config import GenerationConfig
-    from ..generate import generate
-    from .runner import chat_ids, question_stop
     from .selfcorpus import held_out
     from .suites import load_suite
 

@@ -11,11 +11,8 @@ injectable (`generate_fn`) so the runner can be tested without a model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..decoding.policy import DraftPolicyConfig

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 import gzip
-import importlib.metadata
 import json
 import re
 from collections import OrderedDict

@@ -31,8 +31,6 @@ from ..fileio import atomic_write_bytes
 from .store import SemanticIndex
 
 _CHUNK = 4096  # rows per block of the normal equations: bounds the fit's memory at any datastore size
-
-
 _TOKEN_TERMS_BYTES = 32 << 20  # most memory a map spends on its per-token terms
 
 

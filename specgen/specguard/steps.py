@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
-
-import torch
 
 from .. import adapter
 from ..config import GenerationConfig
@@ -101,7 +98,6 @@ def generate_specguard(target: Any, prompt: str | list[int], *, gen: GenerationC
     stopper = Stopper(target.tokenizer, target.eos_ids, gen, None if context is None else context - len(prompt_ids))
     stream = TextStream(target.tokenizer, gen.stop, on_text or (lambda _: None))
     t0 = time.perf_counter()
-    n = len(prompt_ids)
     cache, last_logits, _ = prefill(model, prompt_ids)  # last_logits [V] predicts the first output token
     stats.prefill_s = time.perf_counter() - t0
     records: list[dict[str, Any]] = []

@@ -24,7 +24,6 @@ ray = pytest.importorskip("ray", reason="Ray is installed by `make setup` (specg
 from specgen.datastore import IndexBuildConfig, SemanticIndex, build_index  # noqa: E402
 from specgen.datastore.corpus import sharegpt_corpus  # noqa: E402
 from specgen.datastore.raybuild import RayBuildConfig, build_index_ray  # noqa: E402
-from specgen.errors import SpecgenError  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the real embedded model on Ray workers
 

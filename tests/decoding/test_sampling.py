@@ -59,7 +59,6 @@ def test_end_to_end_sampling_marginals_match_target(tiny_bundle: Any) -> None:
     from tests.conftest import make_tiny_llama
 
     tiny_bundle.model = make_tiny_llama(vocab_size=vocab, seed=3)
-    sampling = SamplingConfig(temperature=1.0, seed=11)
     prompt = [5, 6, 7]
     # Exact marginal of the 3rd generated token from the target alone.
     with torch.inference_mode():
